@@ -1,0 +1,1 @@
+"""DiffusionPipeline classes for every model type this project trains."""
