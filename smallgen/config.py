@@ -1,0 +1,209 @@
+"""Command-line and config-file arguments of ``train_unconditional.py``, as dataclasses.
+
+``--config recipe.yaml`` (or .json) sets defaults; flags on the command line override them. Unknown
+keys and invalid values are rejected here, before any data or model is loaded. Flag names follow
+diffusers' ``examples/unconditional_image_generation/train_unconditional.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from smallgen.data import DataArguments
+from smallgen.errors import ConfigError
+
+BETA_SCHEDULE_CHOICES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine", "sigmoid")
+PREDICTION_TYPE_CHOICES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPE_CHOICES = ("fixed_small", "fixed_large")
+LR_SCHEDULER_CHOICES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+LOGGER_CHOICES = ("tensorboard", "wandb", "none")
+MODEL_TYPE_CHOICES = ("ddpm",)
+
+
+def _choice(help_text: str, choices, default):
+    return field(default=default, metadata={"help": help_text, "choices": list(choices)})
+
+
+def _check_choice(flag: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{flag} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+@dataclass
+class DiffusionArguments:
+    """The model and its noise process."""
+
+    model_type: str = _choice("What to train.", MODEL_TYPE_CHOICES, "ddpm")
+    model_config_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "UNet config: a JSON file, a name in configs/models/, or a pipeline folder "
+                          "(default: unet-sprites16 at <= 16 px, else unet-small-cifar10)."},
+    )
+    ddpm_num_steps: int = field(default=1000, metadata={"help": "Training timesteps T."})
+    ddpm_beta_schedule: str = _choice("Noise schedule (cosine = squaredcos_cap_v2).", BETA_SCHEDULE_CHOICES, "linear")
+    beta_start: float = field(default=1e-4, metadata={"help": "First beta (linear/scaled_linear/sigmoid)."})
+    beta_end: float = field(default=0.02, metadata={"help": "Last beta (linear/scaled_linear/sigmoid)."})
+    prediction_type: str = _choice("What the network predicts.", PREDICTION_TYPE_CHOICES, "epsilon")
+    variance_type: str = _choice("DDPM sampling variance (fixed_large: the DDPM paper's CIFAR-10).",
+                                 VARIANCE_TYPE_CHOICES, "fixed_small")
+    snr_gamma: float | None = field(
+        default=None, metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023); 5.0 is typical."}
+    )
+    ddpm_num_inference_steps: int = field(default=1000, metadata={"help": "DDPM steps for sample grids."})
+    ddim_num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for sample grids."})
+    ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta for sample grids (0 = deterministic)."})
+
+    def __post_init__(self):
+        _check_choice("model_type", self.model_type, MODEL_TYPE_CHOICES)
+        _check_choice("ddpm_beta_schedule", self.ddpm_beta_schedule, BETA_SCHEDULE_CHOICES)
+        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPE_CHOICES)
+        _check_choice("variance_type", self.variance_type, VARIANCE_TYPE_CHOICES)
+        if self.ddpm_num_steps < 2:
+            raise ConfigError(f"--ddpm_num_steps must be at least 2; got {self.ddpm_num_steps}")
+        for flag in ("ddpm_num_inference_steps", "ddim_num_inference_steps"):
+            steps = getattr(self, flag)
+            if not 1 <= steps <= self.ddpm_num_steps:
+                raise ConfigError(f"--{flag} must be between 1 and --ddpm_num_steps={self.ddpm_num_steps}; got {steps}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {self.beta_start}, {self.beta_end}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ConfigError(f"--snr_gamma must be positive; got {self.snr_gamma}")
+
+    @property
+    def diffusers_beta_schedule(self) -> str:
+        return "squaredcos_cap_v2" if self.ddpm_beta_schedule == "cosine" else self.ddpm_beta_schedule
+
+
+@dataclass
+class TrainArguments:
+    """The optimisation, checkpoints, logging, export and speed."""
+
+    output_dir: str = field(default="ddpm-model", metadata={"help": "Run folder; becomes the pipeline folder."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Reuse an existing --output_dir."})
+    seed: int = field(default=0, metadata={"help": "Seed for weights, data order, noise and samples."})
+    train_batch_size: int = field(default=16, metadata={"help": "Images per process per micro-batch."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Batch size for validation and sampling."})
+    num_epochs: int = field(default=100)
+    max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides --num_epochs."})
+    gradient_accumulation_steps: int = field(default=1)
+    learning_rate: float = field(default=1e-4)
+    lr_scheduler: str = _choice("Learning-rate schedule (diffusers' get_scheduler).", LR_SCHEDULER_CHOICES, "cosine")
+    lr_warmup_steps: int = field(default=500, metadata={"help": "Warm-up, in optimizer steps."})
+    adam_beta1: float = field(default=0.95)
+    adam_beta2: float = field(default=0.999)
+    adam_weight_decay: float = field(default=1e-6)
+    adam_epsilon: float = field(default=1e-8)
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; 0 or none disables."})
+    use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the weights; export and sample it."})
+    ema_max_decay: float = field(default=0.9999)
+    ema_inv_gamma: float = field(default=1.0)
+    ema_power: float = field(default=0.75)
+    ema_warmup: bool = field(default=True, metadata={"help": "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power)."})
+    mixed_precision: str = _choice("Autocast precision.", MIXED_PRECISION_CHOICES, "no")
+    checkpointing_steps: int | None = field(default=500, metadata={"help": "Save a resumable state every N steps."})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
+    logger: str = _choice("Where to log.", LOGGER_CHOICES, "tensorboard")
+    logging_dir: str = field(default="logs", metadata={"help": "Under --output_dir."})
+    logging_steps: int = field(default=50, metadata={"help": "Log (and check the loss is finite) every N steps."})
+    save_images_epochs: int = field(default=10, metadata={"help": "Sample grids every N epochs (and at the end)."})
+    num_sample_images: int = field(default=16, metadata={"help": "Images per sample grid."})
+    push_to_hub: bool = field(default=False)
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id (default: the output folder's name)."})
+    hub_token: str | None = field(default=None, metadata={"help": "Token (default: HF_TOKEN / cached login); never saved."})
+    hub_private_repo: bool = field(default=False)
+    allow_tf32: bool = field(default=False, metadata={"help": "TF32 matmuls on Ampere+ GPUs."})
+    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format."})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the network."})
+    dataset_on_device: str = _choice(
+        "Hold the whole uint8 dataset as one tensor on the device (auto: when it fits).", ("auto", "yes", "no"), "auto"
+    )
+    max_dataset_bytes: int = field(default=4 << 30, metadata={"help": "Size limit for --dataset_on_device auto."})
+
+    def __post_init__(self):
+        _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULER_CHOICES)
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
+        _check_choice("logger", self.logger, LOGGER_CHOICES)
+        _check_choice("dataset_on_device", self.dataset_on_device, ("auto", "yes", "no"))
+        positive = ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps",
+                    "logging_steps", "save_images_epochs", "num_sample_images")
+        for flag in positive:
+            if getattr(self, flag) < 1:
+                raise ConfigError(f"--{flag} must be at least 1; got {getattr(self, flag)}")
+        for flag in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{flag} must be at least 1 (or left unset); got {value}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate must be positive; got {self.learning_rate}")
+        if not 0 <= self.ema_max_decay < 1:
+            raise ConfigError(f"--ema_max_decay must be in [0, 1); got {self.ema_max_decay}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            self.max_grad_norm = None
+
+    def to_public_dict(self) -> dict:
+        """Arguments safe to write down: the token is never saved or logged."""
+        values = dataclasses.asdict(self)
+        values.pop("hub_token")
+        return values
+
+
+ARGUMENT_CLASSES = (DataArguments, DiffusionArguments, TrainArguments)
+
+
+def _valid_keys() -> set[str]:
+    return {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+
+
+def load_config_file(path: str) -> dict:
+    """A YAML or JSON mapping of flag names to values; ConfigError on anything else."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            if path.endswith(".json"):
+                values = json.load(f)
+            else:
+                import yaml
+
+                values = yaml.safe_load(f)
+    except Exception as exc:
+        raise ConfigError(f"could not parse config file {path!r}: {exc}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path!r} must be a mapping of flag names to values")
+    unknown = sorted(set(values) - _valid_keys())
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {path}: {', '.join(unknown)}. Valid keys: {', '.join(sorted(_valid_keys()))}"
+        )
+    if "hub_token" in values:
+        raise ConfigError(f"{path} holds a hub_token: keep tokens out of files; use HF_TOKEN or --hub_token")
+    return values
+
+
+def parse_args(argv: list[str] | None = None):
+    """(DataArguments, DiffusionArguments, TrainArguments) from ``--config`` and the command line."""
+    from transformers import HfArgumentParser
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, description=__doc__)
+    parser.add_argument("--config", default=None, help="YAML/JSON recipe whose keys are these flags.")
+    if known.config:
+        parser.set_defaults(**load_config_file(known.config))
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as exc:  # a dataclass check outside ConfigError (e.g. a bad type in the YAML)
+        raise ConfigError(str(exc)) from exc
+    if remaining:
+        raise ConfigError(f"unknown argument(s): {' '.join(remaining)} (see --help)")
+    data_args, diffusion_args, train_args = parsed[:3]  # then a Namespace holding --config
+    return data_args, diffusion_args, train_args

@@ -1,0 +1,119 @@
+"""Turning a run folder into a shareable pipeline: save_pretrained, a model card, push to the Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from smallgen.errors import UserError
+
+# What stays local when the run folder is uploaded.
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
+
+
+def diffusers_scheduler_config(diffusion_args) -> dict:
+    """Arguments of diffusers' DDPMScheduler for this run (DDIMPipeline converts it to DDIM)."""
+    from models.schedulers import make_betas
+
+    config = dict(
+        num_train_timesteps=diffusion_args.ddpm_num_steps,
+        beta_start=diffusion_args.beta_start,
+        beta_end=diffusion_args.beta_end,
+        beta_schedule=diffusion_args.diffusers_beta_schedule,
+        prediction_type=diffusion_args.prediction_type,
+        variance_type=diffusion_args.variance_type,
+        clip_sample=True,
+    )
+    if diffusion_args.ddpm_beta_schedule == "sigmoid":
+        # diffusers' DDIMScheduler has no sigmoid schedule: store the betas so DDIM loads too.
+        config["trained_betas"] = make_betas("sigmoid", diffusion_args.ddpm_num_steps, diffusion_args.beta_start,
+                                             diffusion_args.beta_end).tolist()
+    return config
+
+
+def save_ddpm_pipeline(unet, diffusion_args, output_dir: str) -> None:
+    """``output_dir`` becomes a DDPMPipeline folder (unet/ as safetensors, scheduler/, model_index.json)."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    scheduler = DDPMScheduler(**diffusers_scheduler_config(diffusion_args))
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
+
+
+def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,
+                     metrics: dict, sample_images: list[str], tags: list[str]) -> str:
+    """README.md with hub metadata (library_name diffusers), arguments, metrics and sample grids."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        tags=["pytorch", "diffusers", "unconditional-image-generation", *tags],
+        datasets=[dataset] if dataset and not os.path.exists(dataset) else None,
+    )
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(arguments.items()) if v is not None)
+    metric_rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                            for k, v in metrics.items())
+    pictures = "\n\n".join(f"![{os.path.basename(p)}]({p})" for p in sample_images)
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {os.path.basename(os.path.abspath(output_dir))}
+
+{model_description}
+
+## Usage
+
+```python
+from diffusers import DiffusionPipeline
+
+pipeline = DiffusionPipeline.from_pretrained("{os.path.basename(os.path.abspath(output_dir))}")
+images = pipeline(batch_size=16).images
+```
+
+## Samples
+
+{pictures or "(none yet)"}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Training arguments
+
+| argument | value |
+|---|---|
+{rows}
+"""
+    path = os.path.join(output_dir, "README.md")
+    ModelCard(content).save(path)
+    return path
+
+
+def push_to_hub(output_dir: str, repo_id: str | None, token: str | None, private: bool = False,
+                commit_message: str = "Upload pipeline") -> str:
+    """create_repo + upload_folder of the pipeline folder (no checkpoints, no logs); returns the repo id."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = repo_id or os.path.basename(os.path.abspath(output_dir))
+    try:
+        repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
+        upload_folder(repo_id=repo.repo_id, folder_path=output_dir, token=token, commit_message=commit_message,
+                      ignore_patterns=HUB_IGNORE_PATTERNS)
+    except Exception as exc:
+        raise UserError(
+            f"could not push {output_dir} to the Hub as {repo_id!r} ({type(exc).__name__}: {exc}). "
+            "The trained pipeline is safe in the output folder; retry with your network and token "
+            "(HF_TOKEN or --hub_token)."
+        ) from exc
+    return repo.repo_id
+
+
+def save_json(path: str, values: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)

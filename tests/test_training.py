@@ -1,0 +1,244 @@
+"""train_unconditional.py end to end on tiny models (CPU, seconds each)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smallgen.errors import ConfigError, UserError
+from smallgen.testing import write_sprites_npy
+from smallgen.training import TrainingDiverged, list_checkpoints, resolve_resume_checkpoint
+from tests.conftest import ROOT
+
+
+def run_training(argv):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator per run, as in a fresh process
+    from smallgen.config import parse_args
+    from smallgen.training import train
+
+    return train(*parse_args([str(a) for a in argv]))  # UserErrors propagate (main() turns them into exit 2)
+
+
+@pytest.fixture(scope="module")
+def sprites_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sprites")
+    write_sprites_npy(str(folder), num_images=48, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_config(tmp_path_factory):
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.1)  # dropout: RNG must resume too
+    path = tmp_path_factory.mktemp("cfg") / "unet.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def tiny_args(data_dir, config, output_dir, **overrides):
+    args = {
+        "train_data_dir": data_dir, "resolution": 16, "validation_fraction": 0.25,
+        "model_config_name_or_path": config, "output_dir": output_dir, "train_batch_size": 8,
+        "eval_batch_size": 8, "ddpm_num_steps": 100, "ddpm_num_inference_steps": 5,
+        "ddim_num_inference_steps": 3, "num_sample_images": 4, "learning_rate": 1e-3, "lr_warmup_steps": 2,
+        "logging_steps": 1, "logger": "none", "save_images_epochs": 100, "seed": 7,
+    }
+    args.update(overrides)
+    argv = []
+    for key, value in args.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif value is not False and value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def test_tiny_run_writes_a_loadable_pipeline(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "run"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=8, use_ema=True,
+                                     checkpointing_steps=4, random_flip=True, save_images_epochs=1))
+    assert results["global_step"] == 8 and results["val_loss"] > 0
+    for name in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+                 "README.md", "loss_curves.png", "metrics.jsonl", "training_args.json"):
+        assert (out / name).exists(), name
+    assert not list(out.rglob("*.bin")) or all("checkpoint-" in str(p) for p in out.rglob("*.bin"))
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "epoch_0000_ddim.png", "epoch_0000_ddpm.png", "epoch_0001_ddim.png", "epoch_0001_ddpm.png"]
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "samples/epoch_0001_ddim.png" in card
+
+    from diffusers import DDIMPipeline, DDPMPipeline, DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipeline, DDPMPipeline)
+    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and images.min() >= 0 and images.max() <= 1
+    ddim = DDIMPipeline.from_pretrained(out)
+    images = ddim(batch_size=2, num_inference_steps=3, output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
+    # The exported weights are the EMA weights.
+    ema = torch.load(out / "checkpoint-8" / "custom_checkpoint_1.pkl", weights_only=True)["shadow_params"]
+    exported = list(pipeline.unet.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ema, exported))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "train_loss" in m] == [1, 2, 3, 4, 5, 6, 7, 8]
+    args = json.loads((out / "training_args.json").read_text())
+    assert "hub_token" not in args and args["use_ema"] is True
+
+
+def test_resume_is_exact(sprites_dir, tiny_unet_config, tmp_path):
+    # 36 training images, batch 8, accumulation 2: 2 optimizer steps an epoch; step 3 is mid-epoch.
+    common = dict(max_train_steps=6, checkpointing_steps=3, use_ema=True, gradient_accumulation_steps=2,
+                  random_flip=True)
+    straight = tmp_path / "straight"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest", **common))
+    a = load_file(straight / "checkpoint-6" / "model.safetensors")
+    b = load_file(resumed / "checkpoint-6" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first_half = load_file(straight / "checkpoint-3" / "model.safetensors")
+    assert any(not torch.equal(a[k], first_half[k]) for k in a)  # the second half did train
+    ema_a = torch.load(straight / "checkpoint-6" / "custom_checkpoint_1.pkl", weights_only=True)
+    ema_b = torch.load(resumed / "checkpoint-6" / "custom_checkpoint_1.pkl", weights_only=True)
+    assert ema_a["optimization_step"] == ema_b["optimization_step"] == 6
+    assert all(torch.equal(x, y) for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"]))
+    exported_a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
+    exported_b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(exported_a[k], exported_b[k]) for k in exported_a)
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(4) >= 1 and 1 not in steps  # the resumed run logs from step 4 on
+
+
+def test_checkpoint_pruning_and_interrupted_saves(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=5, checkpointing_steps=1,
+                           checkpoints_total_limit=2))
+    assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-4", "checkpoint-5"]
+    assert not list(out.glob("*.tmp"))
+    # A save killed half way leaves a .tmp folder or a folder without its state file: never "latest".
+    (out / "checkpoint-9.tmp").mkdir()
+    (out / "checkpoint-9.tmp" / "model.safetensors").write_bytes(b"partial")
+    (out / "checkpoint-8").mkdir()
+    assert resolve_resume_checkpoint("latest", str(out)).name == "checkpoint-5"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=1,
+                           checkpoints_total_limit=2, resume_from_checkpoint="latest"))
+    assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-5", "checkpoint-6"]
+    assert not (out / "checkpoint-9.tmp").exists()
+    with pytest.raises(UserError, match="is not a checkpoint folder"):
+        resolve_resume_checkpoint(str(out / "checkpoint-8"), str(out))
+
+
+def test_existing_output_dir_is_not_overwritten(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already holds files from another run"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=1))
+    assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=1, overwrite_output_dir=True))
+    assert (out / "model_index.json").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "run"
+    # Warm-up of 0, no clipping and an absurd constant learning rate blow the weights up after a step or two.
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf)") as info:
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=40, checkpointing_steps=1,
+                               learning_rate=1e30, lr_warmup_steps=0, lr_scheduler="constant", max_grad_norm=0,
+                               adam_epsilon=1e-30))
+    good = list_checkpoints(str(out))
+    assert good, "the first step's checkpoint is kept"
+    assert str(good[-1]) in str(info.value)
+    weights = load_file(good[-1] / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (out / "model_index.json").exists()  # no pipeline exported from a diverged run
+
+
+def test_config_file_and_flag_errors(tmp_path, sprites_dir):
+    from smallgen.config import parse_args
+
+    good = tmp_path / "good.yaml"
+    good.write_text("train_data_dir: x\nlearning_rate: 1e-4\nddpm_beta_schedule: cosine\nuse_ema: true\n")
+    data_args, diffusion_args, train_args = parse_args(["--config", str(good), "--learning_rate", "3e-4"])
+    assert train_args.learning_rate == 3e-4 and train_args.use_ema is True  # the flag beats the file
+    assert diffusion_args.diffusers_beta_schedule == "squaredcos_cap_v2" and data_args.train_data_dir == "x"
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("learning_rate: 1e-4\nlearnig_rate: 2e-4\n")
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) in .*: learnig_rate. Valid keys: .*learning_rate"):
+        parse_args(["--config", str(unknown)])
+    bad_value = tmp_path / "bad.yaml"
+    bad_value.write_text("ddpm_beta_schedule: cosine_v3\n")
+    with pytest.raises(ConfigError, match="--ddpm_beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2"):
+        parse_args(["--config", str(bad_value)])
+    token = tmp_path / "token.yaml"
+    token.write_text("hub_token: hf_secret\n")
+    with pytest.raises(ConfigError, match="keep tokens out of files"):
+        parse_args(["--config", str(token)])
+    with pytest.raises(ConfigError, match="unknown argument\\(s\\): --learnig_rate"):
+        parse_args(["--learnig_rate", "1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigError, match="--ddim_num_inference_steps must be between 1 and --ddpm_num_steps=100"):
+        parse_args(["--ddpm_num_steps", "100", "--ddim_num_inference_steps", "200", "--ddpm_num_inference_steps", "100"])
+
+
+def _script(*args, env=None, timeout=300):
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ddpm_beta_schedule: cosine_v3\n")
+    result = _script("train_unconditional.py", "--config", bad)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --ddpm_beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2, cosine, sigmoid; "
+        "got 'cosine_v3'"
+    ]
+    missing = _script("train_unconditional.py", "--dataset_name", "./no/such/data", "--output_dir", tmp_path / "o")
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
+        "error: dataset path './no/such/data' does not exist")
+    assert "Traceback" not in missing.stderr
+    choice = _script("train_unconditional.py", "--mixed_precision", "fp8")
+    assert choice.returncode == 2 and "invalid choice: 'fp8'" in choice.stderr
+
+
+def test_two_processes(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "ddp"
+    argv = tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=3,
+                     train_batch_size=4, learning_rate=3e-3)
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "train_unconditional.py", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("pipeline saved to") == 1  # printed once, by the main process
+    assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-3", "checkpoint-6"]
+    state = json.loads((out / "checkpoint-6" / "training_state.json").read_text())
+    assert state["global_step"] == 6
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [m["step"] for m in metrics if "train_loss" in m]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # one log, not one per process
+    losses = [m["train_loss"] for m in metrics if "train_loss" in m]
+    assert losses[-1] < losses[0]
+    assert len(list((out / "logs").rglob("events.out.tfevents*"))) == 0  # logger none here
+    from diffusers import DiffusionPipeline
+
+    assert DiffusionPipeline.from_pretrained(out).unet.config.sample_size == 16
