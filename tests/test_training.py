@@ -281,3 +281,25 @@ def test_unreachable_hub_keeps_the_pipeline(sprites_dir, tiny_unet_config, tmp_p
     assert result.stderr.strip().splitlines()[-1].startswith("error: could not push")
     assert "The trained pipeline is safe in the output folder" in result.stderr
     assert (out / "model_index.json").exists() and (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_recipe_parses_and_builds_its_network(recipe):
+    from models.unet import create_unet
+    from smallgen.config import parse_args
+
+    data_args, diffusion_args, train_args = parse_args(["--config", str(ROOT / "configs" / recipe)])
+    unet = create_unet(diffusion_args.model_config_name_or_path, data_args.resolution)
+    assert unet.config.sample_size == data_args.resolution
+    if recipe == "cifar10-ddpm-paper.yaml":
+        assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 35.7
+        assert (train_args.learning_rate, train_args.lr_warmup_steps, train_args.ema_max_decay) == (2e-4, 5000, 0.9999)
+
+
+def test_throughput_benchmark_runs_on_cpu(tmp_path):
+    result = _script("benchmarks/train_throughput.py", "--model", "configs/models/unet-tiny.json", "--batch_size", "2",
+                     "--steps", "1", "--warmup", "1", "--output_json", tmp_path / "b.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    numbers = json.loads((tmp_path / "b.json").read_text())
+    assert numbers["ours_images_per_second"] > 0 and numbers["diffusers_example_images_per_second"] > 0
+    assert numbers["ratio"] == pytest.approx(numbers["ours_images_per_second"] / numbers["diffusers_example_images_per_second"])

@@ -1,0 +1,150 @@
+"""Training throughput: our training step against diffusers' example step, same model and batch.
+
+    python benchmarks/train_throughput.py --model configs/models/unet-ddpm-cifar10.json --batch_size 128 \
+        --mixed_precision bf16 --channels_last --torch_compile          # GPU
+    python benchmarks/train_throughput.py --model configs/models/unet-tiny.json --batch_size 16 --steps 10  # CPU
+
+"diffusers example" is the step of examples/unconditional_image_generation/train_unconditional.py:
+images already as float batches, diffusers' DDPMScheduler.add_noise, MSE, clipping, AdamW, lr
+scheduler, per-parameter EMA and a ``loss.item()`` every step. "ours" is the step of
+smallgen/training.py: uint8 images held on the device with flips there, our NoiseSchedule,
+fused AdamW on CUDA, foreach EMA, no host sync, optional channels_last/torch.compile.
+Both are timed over --steps steps after --warmup steps; img/s and the ratio are printed (and
+written as JSON with --output_json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(step, steps: int, warmup: int, device) -> float:
+    for i in range(warmup):
+        step(i)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def diffusers_example_step(args, device):
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(args.model)).to(device)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=10**6)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    ema.to(device)
+    size = unet.config.sample_size
+    batch = torch.rand(args.batch_size, 3, size, size, device=device) * 2 - 1
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+
+    def step(_):
+        noise = torch.randn(batch.shape, device=device)
+        timesteps = torch.randint(0, 1000, (batch.shape[0],), device=device).long()
+        noisy = scheduler.add_noise(batch, noise, timesteps)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.mse_loss(unet(noisy, timesteps).sample.float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        ema.step(unet.parameters())
+        loss.detach().item()  # the example logs the loss every step
+
+    return step
+
+
+def our_step(args, device):
+    from diffusers import UNet2DModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from models.schedulers import NoiseSchedule
+    from smallgen.data import random_hflip, uint8_to_model_range
+    from smallgen.training import diffusion_loss, step_generator
+
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(args.model)).to(device)
+    if args.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    schedule = NoiseSchedule(1000)
+    schedule.alphas_cumprod = schedule.alphas_cumprod.to(device)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8,
+                                  fused=device.type == "cuda")
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=10**6)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=True)
+    ema.to(device)
+    model = torch.compile(unet) if args.torch_compile else unet
+    size = unet.config.sample_size
+    dataset = torch.randint(0, 256, (max(4 * args.batch_size, 1024), 3, size, size), dtype=torch.uint8, device=device)
+    order = torch.randperm(len(dataset), device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+
+    def step(i):
+        generator = step_generator(device, 0, i, 0, 0)
+        start = (i * args.batch_size) % (len(dataset) - args.batch_size)
+        clean = random_hflip(uint8_to_model_range(dataset[order[start:start + args.batch_size]]), generator)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = diffusion_loss(model, schedule, clean, generator, channels_last=args.channels_last)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(unet.parameters())
+
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="configs/models/unet-tiny.json")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--torch_compile", action="store_true")
+    parser.add_argument("--allow_tf32", action="store_true")
+    parser.add_argument("--output_json")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+               "model": args.model, "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
+               "channels_last": args.channels_last, "torch_compile": args.torch_compile}
+    for name, build in (("diffusers_example", diffusers_example_step), ("ours", our_step)):
+        seconds = _time(build(args, device), args.steps, args.warmup, device)
+        results[f"{name}_images_per_second"] = args.steps * args.batch_size / seconds
+        print(f"{name:>18}: {results[f'{name}_images_per_second']:9.1f} img/s", flush=True)
+    results["ratio"] = results["ours_images_per_second"] / results["diffusers_example_images_per_second"]
+    print(f"{'ratio':>18}: {results['ratio']:9.2f}x")
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
