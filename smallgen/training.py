@@ -356,6 +356,7 @@ def train(data_args, diffusion_args, args) -> dict:
 
     def check_finite(value: float) -> None:
         if not math.isfinite(value):
+            progress.close()
             where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
             raise TrainingDiverged(
                 f"the training loss became {value} by step {global_step} (lr {lr_scheduler.get_last_lr()[0]:.3g}); "
