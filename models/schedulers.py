@@ -126,6 +126,7 @@ class NoiseSchedule:
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self.timestep_spacing, self.steps_offset = "leading", 0
 
     def __len__(self) -> int:
         return self.num_train_timesteps
@@ -186,10 +187,17 @@ class NoiseSchedule:
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample  # DDPM/DDIM feed x_t as it is
 
-    def _set_timesteps(self, spacing: str, num_inference_steps: int, steps_offset: int, device) -> None:
-        steps = inference_timesteps(spacing, self.num_train_timesteps, num_inference_steps, steps_offset)
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Choose the timesteps to visit (``self.timestep_spacing``, set by the sampler)."""
+        steps = inference_timesteps(self.timestep_spacing, self.num_train_timesteps, num_inference_steps,
+                                    self.steps_offset)
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(steps).to(device)
+
+    def _next_listed_timestep(self, timestep) -> int:
+        listed = self.timesteps.tolist()
+        index = listed.index(int(timestep))
+        return listed[index + 1] if index + 1 < len(listed) else -1
 
 
 class DDPMSampler(NoiseSchedule):
@@ -219,15 +227,10 @@ class DDPMSampler(NoiseSchedule):
         self.timestep_spacing = timestep_spacing
         self.steps_offset = steps_offset
 
-    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
-        self._set_timesteps(self.timestep_spacing, num_inference_steps, self.steps_offset, device)
-
     def previous_timestep(self, timestep: int) -> int:
         if self.num_inference_steps is None:
             return int(timestep) - 1
-        listed = self.timesteps.tolist()
-        index = listed.index(int(timestep))
-        return listed[index + 1] if index + 1 < len(listed) else -1
+        return self._next_listed_timestep(timestep)
 
     def variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
         alpha_bar_t = self.alphas_cumprod[timestep]
@@ -288,17 +291,12 @@ class DDIMSampler(NoiseSchedule):
         self.steps_offset = steps_offset
         self.timestep_spacing = timestep_spacing
 
-    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
-        self._set_timesteps(self.timestep_spacing, num_inference_steps, self.steps_offset, device)
-
     def previous_timestep(self, timestep: int) -> int:
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self.timestep_spacing != "quadratic":
             return int(timestep) - self.num_train_timesteps // self.num_inference_steps
-        listed = self.timesteps.tolist()
-        index = listed.index(int(timestep))
-        return listed[index + 1] if index + 1 < len(listed) else -1
+        return self._next_listed_timestep(timestep)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
