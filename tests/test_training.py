@@ -304,3 +304,13 @@ def test_throughput_benchmark_runs_on_cpu(tmp_path):
     assert numbers["ours_images_per_second"] > 0 and numbers["diffusers_example_images_per_second"] > 0
     assert numbers["ours_real_loop_images_per_second"] > 0
     assert numbers["ratio"] == pytest.approx(numbers["ours_images_per_second"] / numbers["diffusers_example_images_per_second"])
+
+
+def test_lazy_and_on_device_feeding_train_identically(sprites_dir, tiny_unet_config, tmp_path):
+    # The datasets-transform path (large datasets) and the uint8-tensor path give the same batches.
+    for mode in ("yes", "no"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, tmp_path / mode, max_train_steps=3,
+                               checkpointing_steps=3, random_flip=True, dataset_on_device=mode))
+    a = load_file(tmp_path / "yes" / "checkpoint-3" / "model.safetensors")
+    b = load_file(tmp_path / "no" / "checkpoint-3" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
