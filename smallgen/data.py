@@ -438,9 +438,11 @@ class ShuffledIndexBatches:
     def __len__(self) -> int:
         return self.num_items // self.global_batch
 
-    def epoch(self, epoch: int, start_batch: int = 0):
+    def epoch(self, epoch: int, start_batch: int = 0, device=None):
+        """Index batches of ``epoch`` from ``start_batch`` on; on ``device`` if given (one copy an epoch,
+        not a host-to-device copy every step)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.num_items, generator=generator)
+        order = torch.randperm(self.num_items, generator=generator).to(device)
         for b in range(start_batch, len(self)):
             chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
             yield chunk[self.process_index::self.num_processes]

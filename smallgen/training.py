@@ -176,9 +176,9 @@ class ImageFeeder:
         return len(self.batches)
 
     def epoch(self, epoch: int, start_batch: int = 0):
-        for indices in self.batches.epoch(epoch, start_batch):
+        for indices in self.batches.epoch(epoch, start_batch, self.device if self.on_device else None):
             if self.on_device:
-                yield uint8_to_model_range(self.images[indices.to(self.device, non_blocking=True)])
+                yield uint8_to_model_range(self.images[indices])
             else:
                 yield self.dataset[indices.tolist()]["pixel_values"].to(self.device, non_blocking=True)
 
@@ -271,6 +271,8 @@ def train(data_args, diffusion_args, args) -> dict:
     if data.validation is not None and len(data.validation):
         validation_images = decode_to_uint8(data.validation, data.image_column, data_args,
                                             desc="loading validation images", show_progress=main)
+        if feeder.on_device:
+            validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
 
     accumulation = args.gradient_accumulation_steps
     steps_per_epoch = len(feeder) // accumulation
