@@ -1,1 +1,10 @@
-"""DiffusionPipeline classes for every model type this project trains."""
+"""DiffusionPipeline classes for the baselines (the diffusion models export diffusers' DDPMPipeline).
+
+* ``VAEPipeline``: prior samples through a ConvVAE's decoder.
+* ``GANPipeline``: latents through a DCGAN generator or a VAE-GAN decoder.
+"""
+
+from pipelines.pipeline_gan import GANPipeline
+from pipelines.pipeline_vae import VAEPipeline
+
+__all__ = ["GANPipeline", "VAEPipeline"]

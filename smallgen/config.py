@@ -22,7 +22,8 @@ VARIANCE_TYPE_CHOICES = ("fixed_small", "fixed_large")
 LR_SCHEDULER_CHOICES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 LOGGER_CHOICES = ("tensorboard", "wandb", "none")
-MODEL_TYPE_CHOICES = ("ddpm",)
+MODEL_TYPE_CHOICES = ("ddpm", "vae", "dcgan", "vaegan")
+BASELINE_LATENT_DIMS = {"vae": 128, "dcgan": 100, "vaegan": 256}  # seeds 002/003
 
 
 def _choice(help_text: str, choices, default):
@@ -35,10 +36,10 @@ def _check_choice(flag: str, value, choices) -> None:
 
 
 @dataclass
-class DiffusionArguments:
-    """The model and its noise process."""
+class ModelArguments:
+    """What to train: a diffusion UNet and its noise process, or a baseline (VAE, DCGAN, VAE-GAN)."""
 
-    model_type: str = _choice("What to train.", MODEL_TYPE_CHOICES, "ddpm")
+    model_type: str = _choice("What to train: a diffusion model or a baseline.", MODEL_TYPE_CHOICES, "ddpm")
     model_config_name_or_path: str | None = field(
         default=None,
         metadata={"help": "UNet config: a JSON file, a name in configs/models/, or a pipeline folder "
@@ -57,6 +58,12 @@ class DiffusionArguments:
     ddpm_num_inference_steps: int = field(default=1000, metadata={"help": "DDPM steps for sample grids."})
     ddim_num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for sample grids."})
     ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta for sample grids (0 = deterministic)."})
+    latent_dim: int | None = field(
+        default=None, metadata={"help": "Baselines' latent size (default: vae 128, dcgan 100, vaegan 256)."}
+    )
+    base_channels: int = field(default=64, metadata={"help": "Baselines' first conv width (doubles per level)."})
+    kl_weight: float = field(default=1.0, metadata={"help": "VAE / VAE-GAN weight of the KL term."})
+    adversarial_weight: float = field(default=0.1, metadata={"help": "VAE-GAN weight of the adversarial term."})
 
     def __post_init__(self):
         _check_choice("model_type", self.model_type, MODEL_TYPE_CHOICES)
@@ -73,6 +80,15 @@ class DiffusionArguments:
             raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {self.beta_start}, {self.beta_end}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"--snr_gamma must be positive; got {self.snr_gamma}")
+        if self.model_type != "ddpm" and self.model_config_name_or_path is not None:
+            raise ConfigError("--model_config_name_or_path names a UNet config (ddpm only); size baselines with "
+                              "--latent_dim and --base_channels")
+        if self.latent_dim is None and self.model_type in BASELINE_LATENT_DIMS:
+            self.latent_dim = BASELINE_LATENT_DIMS[self.model_type]
+        if (self.latent_dim is not None and self.latent_dim < 1) or self.base_channels < 1:
+            raise ConfigError("--latent_dim and --base_channels must be positive")
+        if self.kl_weight < 0 or self.adversarial_weight < 0:
+            raise ConfigError("--kl_weight and --adversarial_weight must be non-negative")
 
     @property
     def diffusers_beta_schedule(self) -> str:
@@ -153,7 +169,7 @@ class TrainArguments:
         return values
 
 
-ARGUMENT_CLASSES = (DataArguments, DiffusionArguments, TrainArguments)
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainArguments)
 
 
 def _valid_keys() -> set[str]:
@@ -189,7 +205,7 @@ def load_config_file(path: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None):
-    """(DataArguments, DiffusionArguments, TrainArguments) from ``--config`` and the command line."""
+    """(DataArguments, ModelArguments, TrainArguments) from ``--config`` and the command line."""
     from transformers import HfArgumentParser
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -205,5 +221,5 @@ def parse_args(argv: list[str] | None = None):
         raise ConfigError(str(exc)) from exc
     if remaining:
         raise ConfigError(f"unknown argument(s): {' '.join(remaining)} (see --help)")
-    data_args, diffusion_args, train_args = parsed[:3]  # then a Namespace holding --config
-    return data_args, diffusion_args, train_args
+    data_args, model_args, train_args = parsed[:3]  # then a Namespace holding --config
+    return data_args, model_args, train_args

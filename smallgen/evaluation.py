@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from smallgen.data import DataArguments, INTERPOLATIONS, decode_image, decode_to_uint8, load_split, to_rgb
+from smallgen.data import INTERPOLATIONS, DataArguments, decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
 
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++")

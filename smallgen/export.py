@@ -39,6 +39,40 @@ def save_ddpm_pipeline(unet, diffusion_args, output_dir: str) -> None:
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
 
 
+# model_type -> (pipeline file in pipelines/, pipeline class, component name, component class)
+BASELINE_PIPELINES = {
+    "vae": ("pipeline_vae", "VAEPipeline", "vae", "ConvVAE"),
+    "gan": ("pipeline_gan", "GANPipeline", "decoder", "ConvDecoder"),
+}
+
+
+def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
+    """``output_dir`` becomes a VAEPipeline or GANPipeline folder that loads three ways.
+
+    ``VAEPipeline.from_pretrained`` (our installed code), and ``DiffusionPipeline.from_pretrained(
+    output_dir, trust_remote_code=True)`` on a machine with only diffusers: the pipeline file and
+    the model file are copied in, and model_index.json names them as diffusers expects for custom
+    pipelines and components.
+    """
+    import shutil
+
+    import models.baselines
+    import pipelines
+
+    pipeline_file, class_name, component, model_class = BASELINE_PIPELINES[kind]
+    pipeline = getattr(pipelines, class_name)(**{component: model})
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    index_path = os.path.join(output_dir, "model_index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    index["_class_name"] = [pipeline_file, class_name]
+    index[component] = ["baselines", model_class]
+    save_json(index_path, index)
+    shutil.copyfile(os.path.join(os.path.dirname(pipelines.__file__), f"{pipeline_file}.py"),
+                    os.path.join(output_dir, f"{pipeline_file}.py"))
+    shutil.copyfile(models.baselines.__file__, os.path.join(output_dir, component, "baselines.py"))
+
+
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,
                      metrics: dict, sample_images: list[str], tags: list[str]) -> str:
     """README.md with hub metadata (library_name diffusers), arguments, metrics and sample grids."""

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -219,13 +220,85 @@ def validation_loss(unet, schedule, images: torch.Tensor, batch_size: int, accel
     return (total / count.clamp(min=1)).item()
 
 
+@dataclass
+class Run:
+    """What every training loop starts from: the accelerator, the data and the step arithmetic."""
+
+    accelerator: object
+    data: object
+    feeder: ImageFeeder
+    validation_images: torch.Tensor | None
+    resume_path: Path | None
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+
+def start_run(data_args, args) -> Run:
+    """Accelerator, protected output folder, seeds, data and step counts (shared by all model types)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+    )
+    check_output_dir(args, resuming=args.resume_from_checkpoint is not None)  # every process: all stop alike
+    if accelerator.is_main_process:
+        prepare_output_dir(args, resuming=args.resume_from_checkpoint is not None)
+    accelerator.wait_for_everyone()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    set_seed(args.seed)
+
+    with accelerator.main_process_first():  # one process fills the datasets cache
+        data = load_image_datasets(data_args)
+    accelerator.print(f"data: {data.summary()}")
+    feeder = ImageFeeder(data.train, data.image_column, data_args, args, accelerator)
+    validation_images = None
+    if data.validation is not None and len(data.validation):
+        validation_images = decode_to_uint8(data.validation, data.image_column, data_args,
+                                            desc="loading validation images",
+                                            show_progress=accelerator.is_main_process)
+        if feeder.on_device:
+            validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
+
+    accumulation = args.gradient_accumulation_steps
+    steps_per_epoch = len(feeder) // accumulation
+    if steps_per_epoch == 0:
+        raise ConfigError(f"one epoch holds {len(feeder)} batches, fewer than --gradient_accumulation_steps={accumulation}")
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    return Run(accelerator, data, feeder, validation_images, resume_path, steps_per_epoch, max_train_steps, num_epochs)
+
+
+def restore(run: Run, args) -> tuple[int, int, float]:
+    """(global_step, first_epoch, elapsed seconds) after loading the resume checkpoint, if any."""
+    if run.resume_path is None:
+        if args.resume_from_checkpoint == "latest":
+            run.accelerator.print("no checkpoint in --output_dir yet: starting a new run")
+        return 0, 0, 0.0
+    run.accelerator.load_state(str(run.resume_path))
+    with open(run.resume_path / TRAINING_STATE_FILE) as f:
+        state = json.load(f)
+    global_step = state["global_step"]
+    run.accelerator.print(f"resumed from {run.resume_path} at step {global_step}")
+    return global_step, global_step // run.steps_per_epoch, state.get("elapsed_seconds", 0.0)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
 def train(data_args, diffusion_args, args) -> dict:
     """Train, export the pipeline to ``args.output_dir`` and return the final metrics."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    if diffusion_args.model_type != "ddpm":
+        from smallgen.baselines import train_baseline
+
+        return train_baseline(data_args, diffusion_args, args)
     from diffusers import UNet2DModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -237,27 +310,11 @@ def train(data_args, diffusion_args, args) -> dict:
     from smallgen.plots import plot_loss_curves, read_metrics, save_image_grid
     from smallgen.sampling import sample_images
 
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.logger == "none" else args.logger,
-        project_config=ProjectConfiguration(project_dir=args.output_dir,
-                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
-    )
-    main = accelerator.is_main_process
-    say = accelerator.print
-    check_output_dir(args, resuming=args.resume_from_checkpoint is not None)  # every process: all stop alike
-    if main:
-        prepare_output_dir(args, resuming=args.resume_from_checkpoint is not None)
-    accelerator.wait_for_everyone()
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    set_seed(args.seed)
-
-    with accelerator.main_process_first():  # one process fills the datasets cache
-        data = load_image_datasets(data_args)
-    say(f"data: {data.summary()}")
+    run = start_run(data_args, args)
+    accelerator, feeder, validation_images = run.accelerator, run.feeder, run.validation_images
+    steps_per_epoch, max_train_steps, num_epochs = run.steps_per_epoch, run.max_train_steps, run.num_epochs
+    resume_path, accumulation = run.resume_path, args.gradient_accumulation_steps
+    main, say = accelerator.is_main_process, accelerator.print
     unet = create_unet(diffusion_args.model_config_name_or_path, data_args.resolution)
     say(f"model: UNet2DModel, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     schedule = NoiseSchedule(diffusion_args.ddpm_num_steps, diffusion_args.beta_start, diffusion_args.beta_end,
@@ -265,21 +322,6 @@ def train(data_args, diffusion_args, args) -> dict:
     schedule.alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
     if args.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-
-    feeder = ImageFeeder(data.train, data.image_column, data_args, args, accelerator)
-    validation_images = None
-    if data.validation is not None and len(data.validation):
-        validation_images = decode_to_uint8(data.validation, data.image_column, data_args,
-                                            desc="loading validation images", show_progress=main)
-        if feeder.on_device:
-            validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
-
-    accumulation = args.gradient_accumulation_steps
-    steps_per_epoch = len(feeder) // accumulation
-    if steps_per_epoch == 0:
-        raise ConfigError(f"one epoch holds {len(feeder)} batches, fewer than --gradient_accumulation_steps={accumulation}")
-    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     ema = None
     if args.use_ema:
@@ -298,16 +340,7 @@ def train(data_args, diffusion_args, args) -> dict:
         accelerator.register_for_checkpointing(ema)
     model_for_training = torch.compile(unet) if args.torch_compile else unet
 
-    global_step, first_epoch, elapsed_before = 0, 0, 0.0
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        with open(resume_path / TRAINING_STATE_FILE) as f:
-            state = json.load(f)
-        global_step, elapsed_before = state["global_step"], state.get("elapsed_seconds", 0.0)
-        first_epoch = global_step // steps_per_epoch
-        say(f"resumed from {resume_path} at step {global_step}")
-    elif args.resume_from_checkpoint == "latest":
-        say("no checkpoint in --output_dir yet: starting a new run")
+    global_step, first_epoch, elapsed_before = restore(run, args)
 
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if main:

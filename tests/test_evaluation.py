@@ -33,7 +33,7 @@ from smallgen.inception import (
     sha256_of,
     tf_to_torch_fidelity_names,
 )
-from tests.conftest import SHARED_CIFAR10, SAMPLE_CIFAR10, requires_shared_cifar10
+from tests.conftest import SAMPLE_CIFAR10, SHARED_CIFAR10, requires_shared_cifar10
 
 
 @pytest.fixture(scope="session")
