@@ -107,7 +107,12 @@ class ConvVAE(ModelMixin, ConfigMixin):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(latents)
 
-    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction, mean, logvar) with z = mean + exp(logvar / 2) * noise."""
+    def forward(self, images: torch.Tensor, noise: torch.Tensor, prior_latents: torch.Tensor | None = None):
+        """(reconstruction, mean, logvar, decoded prior_latents or None); z = mean + exp(logvar / 2) * noise.
+
+        Prior samples go through the same call so that a DistributedDataParallel wrapper sees one forward.
+        """
         mean, logvar = self.encode(images)
-        return self.decode(mean + torch.exp(0.5 * logvar) * noise), mean, logvar
+        reconstruction = self.decode(mean + torch.exp(0.5 * logvar) * noise)
+        generated = None if prior_latents is None else self.decode(prior_latents)
+        return reconstruction, mean, logvar, generated

@@ -192,9 +192,25 @@ def load_pipeline(name_or_path: str, trust_remote_code: bool = False):
     if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "model_index.json")):
         raise UserError(f"{name_or_path!r} is not a pipeline folder (no model_index.json)")
     try:
+        own = _own_pipeline_class(name_or_path)
+        if own is not None:  # our baselines: the installed code, no need to run the folder's copy
+            return own.from_pretrained(name_or_path)
         return DiffusionPipeline.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # the hub client and diffusers raise many types
         raise UserError(f"could not load pipeline {name_or_path!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _own_pipeline_class(folder: str):
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        return None
+    with open(index_path) as handle:
+        class_name = json.load(handle).get("_class_name")
+    if isinstance(class_name, list) and class_name[-1] in ("VAEPipeline", "GANPipeline"):
+        import pipelines
+
+        return getattr(pipelines, class_name[-1])
+    return None
 
 
 def is_diffusion_pipeline(pipeline) -> bool:

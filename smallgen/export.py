@@ -74,7 +74,8 @@ def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
 
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,
-                     metrics: dict, sample_images: list[str], tags: list[str]) -> str:
+                     metrics: dict, sample_images: list[str], tags: list[str],
+                     trust_remote_code: bool = False) -> str:
     """README.md with hub metadata (library_name diffusers), arguments, metrics and sample grids."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -88,6 +89,7 @@ def write_model_card(output_dir: str, *, model_description: str, dataset: str | 
     metric_rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
                             for k, v in metrics.items())
     pictures = "\n\n".join(f"![{os.path.basename(p)}]({p})" for p in sample_images)
+    remote = ", trust_remote_code=True" if trust_remote_code else ""
     content = f"""---
 {data.to_yaml()}
 ---
@@ -101,7 +103,7 @@ def write_model_card(output_dir: str, *, model_description: str, dataset: str | 
 ```python
 from diffusers import DiffusionPipeline
 
-pipeline = DiffusionPipeline.from_pretrained("{os.path.basename(os.path.abspath(output_dir))}")
+pipeline = DiffusionPipeline.from_pretrained("{os.path.basename(os.path.abspath(output_dir))}"{remote})
 images = pipeline(batch_size=16).images
 ```
 

@@ -1,0 +1,174 @@
+"""VAE, DCGAN and VAE-GAN: networks, losses, training through train_unconditional.py, export, resume."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.baselines import ConvDecoder, ConvDiscriminator, ConvVAE
+from smallgen.errors import ConfigError
+from tests.conftest import ROOT
+from tests.test_training import run_training, tiny_args
+
+
+@pytest.fixture(scope="module")
+def sprites_dir(tmp_path_factory):
+    from smallgen.testing import write_sprites_npy
+
+    folder = tmp_path_factory.mktemp("sprites")
+    write_sprites_npy(str(folder), num_images=48, seed=0)
+    return folder
+
+
+def baseline_args(data_dir, output_dir, model_type, **overrides):
+    base = dict(model_type=model_type, model_config_name_or_path=None, base_channels=8, latent_dim=16,
+                learning_rate=2e-4, adam_beta1=0.5, lr_warmup_steps=0, lr_scheduler="constant")
+    return tiny_args(data_dir, None, output_dir, **{**base, **overrides})
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 32, 64])
+def test_networks_shapes_at_any_power_of_two(resolution):
+    images = torch.randn(3, 3, resolution, resolution)
+    assert ConvDecoder(resolution, 10, base_channels=8)(torch.randn(3, 10)).shape == images.shape
+    assert ConvDiscriminator(resolution, base_channels=8)(images).shape == (3,)
+    reconstruction, mean, logvar, generated = ConvVAE(resolution, 12, base_channels=8)(
+        images, torch.randn(3, 12), torch.randn(3, 12))
+    assert reconstruction.shape == generated.shape == images.shape and mean.shape == logvar.shape == (3, 12)
+    assert reconstruction.abs().max() <= 1
+
+
+@pytest.mark.parametrize("resolution", [4, 12, 24])
+def test_networks_reject_other_resolutions(resolution):
+    with pytest.raises(ValueError, match="power-of-two"):
+        ConvDecoder(resolution)
+
+
+@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
+def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from smallgen.baselines import OBJECTIVES
+    from smallgen.config import ModelArguments
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.manual_seed(0)
+    model_args = ModelArguments(model_type=model_type, latent_dim=16, base_channels=8)
+    train_args = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.5, adam_beta2=0.999, adam_epsilon=1e-8,
+                                 adam_weight_decay=0.0, max_grad_norm=None, eval_batch_size=8)
+    objective = OBJECTIVES[model_type](model_args, SimpleNamespace(resolution=16), train_args, Accelerator(cpu=True))
+    objective.prepare()
+    coarse = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    images = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear")  # learnable structure
+    # The quantity each update minimises, on a fixed batch: the VAE's loss; a GAN's discriminator loss.
+    watched = "d_loss" if model_type == "dcgan" else "train_loss"
+    history = [objective.train_step(images, torch.Generator().manual_seed(s)) for s in range(60)]
+    assert all(torch.isfinite(v).all() for h in history for v in h.values())
+    first = sum(h[watched].item() for h in history[:5]) / 5
+    final = sum(h[watched].item() for h in history[-5:]) / 5
+    assert final < 0.8 * first, (first, final)
+
+
+@pytest.mark.parametrize("model_type,pipeline_class,component", [
+    ("vae", "VAEPipeline", "vae"), ("dcgan", "GANPipeline", "decoder"), ("vaegan", "GANPipeline", "decoder")])
+def test_train_export_and_reload_identical_samples(sprites_dir, tmp_path, model_type, pipeline_class, component):
+    from diffusers import DiffusionPipeline
+
+    import pipelines
+
+    out = tmp_path / model_type
+    results = run_training(baseline_args(sprites_dir, out, model_type, num_epochs=2, checkpointing_steps=3))
+    assert results["global_step"] == 8  # 36 training images / batch 8 = 4 steps per epoch
+    for name in ("model_index.json", f"{component}/diffusion_pytorch_model.safetensors", f"{component}/baselines.py",
+                 "loss_curves.png", "metrics.jsonl", "samples/epoch_0001.png", "README.md", "results.json"):
+        assert (out / name).exists(), name
+    assert "trust_remote_code=True" in (out / "README.md").read_text()
+    own = getattr(pipelines, pipeline_class).from_pretrained(out)
+    remote = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    assert type(own).__module__.startswith("pipelines.") and type(remote).__name__ == pipeline_class
+    a = own(batch_size=3, generator=torch.Generator().manual_seed(5), output_type="np").images
+    b = remote(batch_size=3, generator=torch.Generator().manual_seed(5), output_type="np").images
+    c = own(batch_size=3, generator=torch.Generator().manual_seed(6), output_type="np").images
+    assert a.shape == (3, 16, 16, 3) and 0 <= a.min() and a.max() <= 1
+    assert (a == b).all() and not (a == c).all()
+    assert len(own(batch_size=2).images) == 2  # PIL by default, like DDPMPipeline
+    metrics = [line for line in (out / "metrics.jsonl").read_text().splitlines() if "_loss" in line]
+    expected = {"vae": ["recon_loss", "kl_loss", "val_loss"], "dcgan": ["d_loss", "g_loss"],
+                "vaegan": ["recon_loss", "kl_loss", "d_loss", "g_loss", "val_loss"]}[model_type]
+    assert all(any(f'"{key}"' in line for line in metrics) for key in expected)
+
+
+def test_exported_folder_loads_with_only_diffusers(sprites_dir, tmp_path):
+    out = tmp_path / "dcgan"
+    run_training(baseline_args(sprites_dir, out, "dcgan", max_train_steps=2))
+    # A fresh interpreter where this project's packages cannot be imported at all.
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("models", "pipelines", "smallgen"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)
+print(type(pipe).__name__, pipe(batch_size=2, output_type="np").images.shape)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "GANPipeline (2, 16, 16, 3)" in result.stdout
+
+
+@pytest.mark.parametrize("model_type", ["dcgan", "vaegan"])
+def test_gan_training_resumes_exactly(sprites_dir, tmp_path, model_type):
+    straight = tmp_path / "straight"
+    resumed = tmp_path / "resumed"
+    common = dict(num_epochs=2, checkpointing_steps=3, random_flip=True)
+    run_training(baseline_args(sprites_dir, straight, model_type, **common))
+    run_training(baseline_args(sprites_dir, resumed, model_type, max_train_steps=3, **common))
+    run_training(baseline_args(sprites_dir, resumed, model_type, resume_from_checkpoint="latest",
+                               **common))  # 3 of 8 steps done: resumes mid-epoch
+    component = "decoder"
+    a = load_file(straight / component / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / component / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The discriminator (not exported) resumes too: compare the last checkpoints' full model states.
+    last_a = sorted(straight.glob("checkpoint-*"))[-1]
+    last_b = sorted(resumed.glob("checkpoint-*"))[-1]
+    assert last_a.name == last_b.name == "checkpoint-6"
+    for name in ("model.safetensors", "model_1.safetensors"):
+        x, y = load_file(last_a / name), load_file(last_b / name)
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_baseline_config_errors(sprites_dir, tmp_path):
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps applies to ddpm only"):
+        run_training(baseline_args(sprites_dir, tmp_path / "a", "dcgan", gradient_accumulation_steps=2))
+    with pytest.raises(ConfigError, match="--use_ema applies to ddpm only"):
+        run_training(baseline_args(sprites_dir, tmp_path / "b", "vae", use_ema=True))
+    with pytest.raises(ConfigError, match="power-of-two"):
+        run_training(baseline_args(sprites_dir, tmp_path / "c", "vae", resolution=24))
+    with pytest.raises(ConfigError, match="ddpm only"):
+        run_training(baseline_args(sprites_dir, tmp_path / "d", "vae",
+                                   model_config_name_or_path=ROOT / "configs/models/unet-tiny.json"))
+    with pytest.raises(SystemExit):  # argparse lists the choices and exits 2
+        run_training(baseline_args(sprites_dir, tmp_path / "e", "wgan"))
+
+
+def test_evaluate_fid_evaluates_a_baseline_unchanged(sprites_dir, tmp_path):
+    from smallgen.evaluation import main as evaluate_main
+    from smallgen.inception import resolve_inception_weights
+
+    out = tmp_path / "vae"
+    run_training(baseline_args(sprites_dir, out, "vae", max_train_steps=2))
+    (result,) = evaluate_main(["--pipeline", str(out), "--train_data_dir", str(sprites_dir), "--num_samples", "6",
+                               "--num_reference", "6", "--inception_weights", resolve_inception_weights().path,
+                               "--cache_dir", str(tmp_path / "cache")])
+    assert result["pipeline_class"] == "VAEPipeline" and result["sampler"] is None
+    assert result["fid"] > 0 and result["num_samples"] == 6
