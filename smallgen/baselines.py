@@ -194,7 +194,7 @@ class VAEGANObjective(VAEObjective):
     def build(self):
         from models.baselines import ConvDiscriminator
 
-        return {**super().build(), "discriminator": ConvDiscriminator(self.resolution, 3, self.args.base_channels)}
+        return {**VAEObjective.build(self), "discriminator": ConvDiscriminator(self.resolution, 3, self.args.base_channels)}
 
     def train_step(self, images, generator):
         vae, d = self.networks["vae"], self.networks["discriminator"]
