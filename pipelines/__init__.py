@@ -4,7 +4,6 @@
 * ``GANPipeline``: latents through a DCGAN generator or a VAE-GAN decoder.
 """
 
-from pipelines.pipeline_gan import GANPipeline
-from pipelines.pipeline_vae import VAEPipeline
+from pipelines.pipeline_baselines import GANPipeline, VAEPipeline
 
 __all__ = ["GANPipeline", "VAEPipeline"]

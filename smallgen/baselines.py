@@ -230,10 +230,9 @@ def train_baseline(data_args, model_args, args) -> dict:
     from smallgen.training import (
         TrainingDiverged,
         _append_metrics,
-        _hparams,
         _log_images,
-        _truncate_metrics,
         derived_seed,
+        open_logs,
         restore,
         save_checkpoint,
         start_run,
@@ -259,13 +258,7 @@ def train_baseline(data_args, model_args, args) -> dict:
         accelerator.register_for_checkpointing(scheduler)
     global_step, first_epoch, elapsed_before = restore(run, args)
 
-    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
-    if main:
-        _truncate_metrics(metrics_path, global_step)
-        save_json(os.path.join(args.output_dir, "training_args.json"),
-                  {**dataclasses.asdict(data_args), **dataclasses.asdict(model_args), **args.to_public_dict()})
-    if args.logger != "none":
-        accelerator.init_trackers("train_unconditional", config=_hparams(data_args, model_args, args))
+    metrics_path = open_logs(run, args, global_step, data_args, model_args)
 
     progress = tqdm(total=run.max_train_steps, initial=global_step, desc="training", unit="step",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)

@@ -41,8 +41,8 @@ def save_ddpm_pipeline(unet, diffusion_args, output_dir: str) -> None:
 
 # model_type -> (pipeline file in pipelines/, pipeline class, component name, component class)
 BASELINE_PIPELINES = {
-    "vae": ("pipeline_vae", "VAEPipeline", "vae", "ConvVAE"),
-    "gan": ("pipeline_gan", "GANPipeline", "decoder", "ConvDecoder"),
+    "vae": ("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE"),
+    "gan": ("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder"),
 }
 
 

@@ -61,6 +61,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def loss_series(metrics: list[dict]) -> dict[str, tuple[list, list]]:
     """{metric name: (steps, values)} for every logged ``*loss`` value."""
     series: dict[str, tuple[list, list]] = {}
@@ -97,10 +106,7 @@ def plot_loss_curves(metrics: list[dict], path: str, title: str = "Training and 
         if keys:
             ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return series
 
 
@@ -141,10 +147,7 @@ def plot_forward_process(images: torch.Tensor, schedules: dict, path: str, num_c
                     ax.set_title(f"t={int(t)}\nᾱ={abar[c]:.2f}" if s == 0 else f"ᾱ={abar[c]:.2f}", fontsize=7)
             axes[row][0].set_ylabel(label if i == 0 else "", fontsize=8)
     fig.suptitle("Forward process q(x_t | x_0): the same images and noise under each schedule", fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return drawn
 
 
@@ -198,10 +201,7 @@ def plot_reverse_process(strips: dict[str, list], path: str) -> dict:
         axes[2 * s][0].set_ylabel(f"{label}\nx_t", fontsize=8)
         axes[2 * s + 1][0].set_ylabel(f"{label}\npredicted x_0", fontsize=8)
     fig.suptitle("Reverse process from the same starting noise", fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return drawn
 
 
@@ -230,10 +230,7 @@ def plot_progression(run_dir: str, path: str, max_columns: int = 6, sampler: str
         ax.set_title(f"epoch {epoch + 1}", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"Samples over training: {os.path.basename(os.path.normpath(run_dir))}", fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return [name for _, name in chosen]
 
 
@@ -263,10 +260,7 @@ def plot_fid_vs_steps(results: list[dict], path: str) -> dict:
     ax.grid(alpha=0.3, which="both")
     if lines:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return lines
 
 
@@ -281,8 +275,5 @@ def plot_fid_vs_training_time(points: dict[str, tuple[float, float]], path: str)
     ax.set_ylabel("best FID (lower is better)")
     ax.set_title("FID vs training time")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return points

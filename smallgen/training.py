@@ -290,6 +290,18 @@ def restore(run: Run, args) -> tuple[int, int, float]:
     return global_step, global_step // run.steps_per_epoch, state.get("elapsed_seconds", 0.0)
 
 
+def open_logs(run: Run, args, global_step: int, data_args, model_args) -> str:
+    """metrics.jsonl (cut back to ``global_step`` on resume), training_args.json and the trackers."""
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    if run.accelerator.is_main_process:
+        _truncate_metrics(metrics_path, global_step)
+        save_json(os.path.join(args.output_dir, "training_args.json"),
+                  {**dataclasses.asdict(data_args), **dataclasses.asdict(model_args), **args.to_public_dict()})
+    if args.logger != "none":
+        run.accelerator.init_trackers("train_unconditional", config=_hparams(data_args, model_args, args))
+    return metrics_path
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -342,13 +354,7 @@ def train(data_args, diffusion_args, args) -> dict:
 
     global_step, first_epoch, elapsed_before = restore(run, args)
 
-    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
-    if main:
-        _truncate_metrics(metrics_path, global_step)
-        save_json(os.path.join(args.output_dir, "training_args.json"),
-                  {**dataclasses.asdict(data_args), **dataclasses.asdict(diffusion_args), **args.to_public_dict()})
-    if args.logger != "none":
-        accelerator.init_trackers("train_unconditional", config=_hparams(data_args, diffusion_args, args))
+    metrics_path = open_logs(run, args, global_step, data_args, diffusion_args)
 
     samplers = {
         "ddpm": (DDPMSampler(**_sampler_kwargs(diffusion_args), variance_type=diffusion_args.variance_type),

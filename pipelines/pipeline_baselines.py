@@ -1,4 +1,4 @@
-"""VAEPipeline: images decoded from prior samples z ~ N(0, I) of a ConvVAE.
+"""VAEPipeline and GANPipeline: the baselines' images from latents z ~ N(0, I).
 
 Self-contained (torch, numpy, diffusers only): exported folders carry a copy of this file so that
 ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` needs no smallgen install.
@@ -35,6 +35,37 @@ def _local_folder(name_or_path: str, kwargs: dict) -> str:
                              cache_dir=kwargs.get("cache_dir"))
 
 
+def _load_component(folder: str, subfolder: str, class_name: str):
+    # Our own installed classes, not the copies in the folder (those are for trust_remote_code users).
+    # importlib rather than an import statement: this file must load where models/ is absent.
+    module = importlib.import_module("models.baselines")
+    return getattr(module, class_name).from_pretrained(folder, subfolder=subfolder)
+
+
+class GANPipeline(DiffusionPipeline):
+    """Unconditional images from ``decoder``: z ~ N(0, I) of size ``decoder.config.latent_dim``."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.register_modules(decoder=decoder)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if cls is not GANPipeline:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = _local_folder(str(pretrained_model_name_or_path), kwargs)
+        return cls(decoder=_load_component(folder, "decoder", "ConvDecoder"))
+
+    @torch.no_grad()
+    def __call__(self, batch_size: int = 1, generator: torch.Generator | list | None = None,
+                 output_type: str = "pil", return_dict: bool = True, **kwargs):
+        """``batch_size`` images; ``output_type`` "pil", "np" (floats in [0, 1]) or "pt"."""
+        config = self.decoder.config
+        latents = randn_tensor((batch_size, config.latent_dim), generator=generator, device=self.device,
+                               dtype=self.decoder.dtype)
+        return _postprocess(self, self.decoder(latents), output_type, return_dict)
+
+
 class VAEPipeline(DiffusionPipeline):
     """Unconditional images from a VAE's decoder; ``vae.encode`` stays available for reconstructions."""
 
@@ -47,9 +78,7 @@ class VAEPipeline(DiffusionPipeline):
         if cls is not VAEPipeline:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = _local_folder(str(pretrained_model_name_or_path), kwargs)
-        # Our installed class, not the folder's copy; importlib so this file loads where models/ is absent.
-        vae_class = importlib.import_module("models.baselines").ConvVAE
-        return cls(vae=vae_class.from_pretrained(folder, subfolder="vae"))
+        return cls(vae=_load_component(folder, "vae", "ConvVAE"))
 
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, generator: torch.Generator | list | None = None,
