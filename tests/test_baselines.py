@@ -125,8 +125,8 @@ print(type(pipe).__name__, pipe(batch_size=2, output_type="np").images.shape)
     assert "GANPipeline (2, 16, 16, 3)" in result.stdout
 
 
-@pytest.mark.parametrize("model_type", ["dcgan", "vaegan"])
-def test_gan_training_resumes_exactly(sprites_dir, tmp_path, model_type):
+@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
+def test_baseline_training_resumes_exactly(sprites_dir, tmp_path, model_type):
     straight = tmp_path / "straight"
     resumed = tmp_path / "resumed"
     common = dict(num_epochs=2, checkpointing_steps=3, random_flip=True)
@@ -134,15 +134,17 @@ def test_gan_training_resumes_exactly(sprites_dir, tmp_path, model_type):
     run_training(baseline_args(sprites_dir, resumed, model_type, max_train_steps=3, **common))
     run_training(baseline_args(sprites_dir, resumed, model_type, resume_from_checkpoint="latest",
                                **common))  # 3 of 8 steps done: resumes mid-epoch
-    component = "decoder"
+    component = "vae" if model_type == "vae" else "decoder"
     a = load_file(straight / component / "diffusion_pytorch_model.safetensors")
     b = load_file(resumed / component / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # The discriminator (not exported) resumes too: compare the last checkpoints' full model states.
+    # Every network (the discriminator is not exported) resumes too: compare the last checkpoints.
     last_a = sorted(straight.glob("checkpoint-*"))[-1]
     last_b = sorted(resumed.glob("checkpoint-*"))[-1]
     assert last_a.name == last_b.name == "checkpoint-6"
-    for name in ("model.safetensors", "model_1.safetensors"):
+    names = sorted(p.name for p in last_a.glob("model*.safetensors"))
+    assert names == (["model.safetensors"] if model_type == "vae" else ["model.safetensors", "model_1.safetensors"])
+    for name in names:
         x, y = load_file(last_a / name), load_file(last_b / name)
         assert all(torch.equal(x[k], y[k]) for k in x), name
 

@@ -1,0 +1,241 @@
+"""Tests that guard the README's promises; each was seen to fail with its bug planted.
+
+``tools/mutations.py`` plants those bugs one at a time and runs these tests (``docs/claims.md``
+maps every promise to its tests).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smallgen.data import SPRITES_IMAGES_FILE
+from smallgen.testing import write_sprites_npy
+from tests.test_training import run_training, tiny_args
+
+TINIEST_LR = 1e-20  # an "update" this small leaves float32 weights unchanged: every step sees the same network
+
+
+@pytest.fixture(scope="module")
+def identical_images_dir(tmp_path_factory):
+    """32 copies of one sprite: data order and batches cannot make two steps differ."""
+    folder = tmp_path_factory.mktemp("identical")
+    images, _ = write_sprites_npy(str(folder), num_images=1, seed=3, with_labels=False)
+    np.save(folder / SPRITES_IMAGES_FILE, np.repeat(images, 32, axis=0))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def no_dropout_unet_config(tmp_path_factory):
+    from tests.conftest import ROOT
+
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.0)
+    path = tmp_path_factory.mktemp("cfg") / "unet.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+BASELINE_OVERRIDES = dict(model_config_name_or_path=None, base_channels=8, latent_dim=16, adam_beta1=0.5)
+
+
+@pytest.mark.parametrize("model_type", ["ddpm", "vae", "dcgan"])
+def test_every_step_draws_fresh_noise(identical_images_dir, no_dropout_unet_config, tmp_path, model_type):
+    # Same images, same (frozen) network: a step's loss differs from the last only through its own
+    # noise, timesteps and latents, which must come from (seed, step, ...), not repeat every step.
+    extra = {} if model_type == "ddpm" else dict(BASELINE_OVERRIDES, model_type=model_type)
+    out = tmp_path / model_type
+    run_training(tiny_args(identical_images_dir, no_dropout_unet_config, out, max_train_steps=4,
+                           validation_fraction=0.0, learning_rate=TINIEST_LR, lr_scheduler="constant",
+                           lr_warmup_steps=0, max_grad_norm=0, checkpointing_steps=None, **extra))
+    key = "d_loss" if model_type == "dcgan" else "train_loss"
+    losses = [m[key] for m in _metrics(out) if key in m]
+    assert len(losses) == 4
+    spread = max(losses) / min(losses) - 1
+    assert spread > 1e-3, f"the same loss every step ({losses}): the per-step noise does not depend on the step"
+
+
+def test_lr_schedule_counts_optimizer_steps(sprites_dir, tiny_unet_config, tmp_path):
+    from diffusers.optimization import get_scheduler
+
+    out = tmp_path / "run"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, gradient_accumulation_steps=2,
+                           lr_scheduler="linear", lr_warmup_steps=3, learning_rate=1e-3, checkpointing_steps=None))
+    logged = {m["step"]: m["lr"] for m in _metrics(out) if "lr" in m}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    reference = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=3, num_training_steps=6)
+    expected = {}
+    for step in range(1, 7):
+        optimizer.step()
+        reference.step()
+        expected[step] = reference.get_last_lr()[0]
+    assert logged == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("model_type", ["ddpm", "vae"])
+def test_validation_loss_uses_the_validation_images_as_they_are(sprites_dir, tiny_unet_config, tmp_path, model_type):
+    """The logged val_loss equals the loss recomputed here on the unflipped validation images."""
+    from smallgen.config import parse_args
+    from smallgen.data import decode_to_uint8, load_image_datasets, uint8_to_model_range
+    from smallgen.training import VALIDATION_SEED
+
+    extra = {} if model_type == "ddpm" else dict(BASELINE_OVERRIDES, model_type=model_type)
+    out = tmp_path / "run"
+    argv = tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=3, random_flip=True, eval_batch_size=4,
+                     checkpointing_steps=None, **extra)
+    results = run_training(argv)
+    data_args, model_args, _ = parse_args(argv)
+    data = load_image_datasets(data_args)
+    images = uint8_to_model_range(decode_to_uint8(data.validation, data.image_column, data_args, show_progress=False))
+    assert len(images) >= 8  # several batches, none flipped
+    total = 0.0
+    if model_type == "ddpm":
+        from diffusers import UNet2DModel
+
+        from models.schedulers import NoiseSchedule
+        from smallgen.training import diffusion_loss
+
+        unet = UNet2DModel.from_pretrained(out / "unet").eval()
+        schedule = NoiseSchedule(model_args.ddpm_num_steps, model_args.beta_start, model_args.beta_end,
+                                 model_args.ddpm_beta_schedule, model_args.prediction_type)
+        with torch.no_grad():
+            for b, start in enumerate(range(0, len(images), 4)):
+                clean = images[start:start + 4]
+                generator = torch.Generator().manual_seed(VALIDATION_SEED + b)
+                total += diffusion_loss(unet, schedule, clean, generator).item() * len(clean)
+    else:
+        from pipelines import VAEPipeline
+        from smallgen.baselines import gaussian_kl, reconstruction_error
+
+        vae = VAEPipeline.from_pretrained(out).vae.eval()
+        with torch.no_grad():
+            for b, start in enumerate(range(0, len(images), 4)):
+                clean = images[start:start + 4]
+                generator = torch.Generator().manual_seed(VALIDATION_SEED + b)
+                noise = torch.randn((len(clean), model_args.latent_dim), generator=generator)
+                reconstruction, mean, logvar, _ = vae(clean, noise)
+                loss = reconstruction_error(reconstruction, clean) + model_args.kl_weight * gaussian_kl(mean, logvar)
+                total += loss.item() * len(clean)
+    assert results["val_loss"] == pytest.approx(total / len(images), rel=1e-5)
+
+
+def test_reference_cache_key_names_dataset_split_resolution_count_and_seed(sample_cifar10, tmp_path):
+    from smallgen.evaluation import EvaluationArguments, load_reference
+
+    def key(**overrides):
+        values = dict(samples_dir=str(tmp_path), dataset_name=sample_cifar10, split="train", resolution=16,
+                      num_reference=20)
+        values.update(overrides)
+        return load_reference(EvaluationArguments(**values))[1]
+
+    base = key()
+    assert base == key()  # the same request finds the same cache
+    variants = [key(resolution=32), key(resolution=8), key(split="test"), key(num_reference=30),
+                key(reference_seed=1), key(interpolation="nearest")]
+    assert len({base, *variants}) == 1 + len(variants), [base, *variants]
+    other = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(sample_cifar10, other)
+    assert key(dataset_name=str(other)) != base  # another dataset, even with the same name
+
+
+def test_reference_cache_name_includes_the_weights(monkeypatch):
+    import torch_fidelity
+
+    from smallgen.evaluation import compute_metrics
+    from smallgen.inception import InceptionWeights
+
+    seen = []
+
+    def fake(**kwargs):
+        seen.append(kwargs["input2_cache_name"])
+        return {"frechet_inception_distance": 1.0, "kernel_inception_distance_mean": 0.0,
+                "kernel_inception_distance_std": 0.0}
+
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake)
+    samples = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
+    for tag in ("weights-a", "weights-b"):
+        compute_metrics(samples, None, InceptionWeights(path="x", source="test", has_classifier=False, tag=tag), cache_name="ref",
+                        cache_root=None, kid_subset_size=2, verbose=False)
+    assert len(set(seen)) == 2 and all(tag in name for tag, name in zip(("weights-a", "weights-b"), seen))
+
+
+def test_a_failed_save_never_leaves_a_checkpoint_folder(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    """Checkpoints appear whole or not at all: a save that dies part-way leaves no checkpoint-N."""
+    import errno
+
+    out = tmp_path / "run"
+    real_dump = json.dump
+
+    def dump_failing_at_step_4(obj, fp, *args, **kwargs):
+        if "checkpoint-4" in str(getattr(fp, "name", "")):
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        return real_dump(obj, fp, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump_failing_at_step_4)
+    with pytest.raises(OSError, match="simulated"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=2))
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert (out / "checkpoint-2").is_dir()
+    assert not (out / "checkpoint-4").exists(), "a half-written checkpoint-4 would be taken as the latest"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=2,
+                           resume_from_checkpoint="latest"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
+def _diverging(**overrides):
+    return dict(max_train_steps=30, checkpointing_steps=1, learning_rate=1e30, lr_warmup_steps=0,
+                lr_scheduler="constant", max_grad_norm=0, adam_epsilon=1e-30, **overrides)
+
+
+def _assert_checkpoints_finite(out):
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    for checkpoint in checkpoints:
+        for weights in checkpoint.glob("*.safetensors"):
+            tensors = load_file(weights)
+            assert all(torch.isfinite(t).all() for t in tensors.values()), f"non-finite weights in {weights}"
+    assert not (out / "model_index.json").exists()  # nothing exported from a diverged run
+
+
+def test_no_nan_reaches_a_checkpoint_between_logging_steps(sprites_dir, tiny_unet_config, tmp_path):
+    from smallgen.training import TrainingDiverged
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, **_diverging(logging_steps=100)))
+    _assert_checkpoints_finite(out)
+
+
+@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
+def test_baselines_stop_on_divergence(sprites_dir, tmp_path, model_type):
+    from smallgen.training import TrainingDiverged
+
+    out = tmp_path / model_type
+    with pytest.raises(TrainingDiverged):
+        run_training(tiny_args(sprites_dir, None, out, **_diverging(**BASELINE_OVERRIDES, model_type=model_type)))
+    _assert_checkpoints_finite(out)
+
+
+@pytest.fixture(scope="module")
+def sprites_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sprites")
+    write_sprites_npy(str(folder), num_images=48, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_config(tmp_path_factory):
+    from tests.conftest import ROOT
+
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.1)
+    path = tmp_path_factory.mktemp("cfg") / "unet.json"
+    path.write_text(json.dumps(config))
+    return path
