@@ -3,10 +3,10 @@
     accelerate launch train_unconditional.py --config configs/quickstart.yaml [--flag value ...]
 
 Flags follow diffusers' examples/unconditional_image_generation/train_unconditional.py; run with
---help for the list. The work is done in smallgen/training.py.
+--help for the list. The loop is smallgen/trainer.py; each model type is an objective in smallgen/objectives/.
 """
 
-from smallgen.training import main
+from smallgen.trainer import main
 
 if __name__ == "__main__":
     main()

@@ -6,11 +6,11 @@
 
 "diffusers example" is the step of examples/unconditional_image_generation/train_unconditional.py:
 images already as float batches, diffusers' DDPMScheduler.add_noise, MSE, clipping, AdamW, lr
-scheduler, per-parameter EMA and a ``loss.item()`` every step. "ours" is the step of
-smallgen/training.py: uint8 images held on the device with flips there, our NoiseSchedule,
-fused AdamW on CUDA, foreach EMA, no host sync, optional channels_last/torch.compile.
+scheduler, per-parameter EMA and a ``loss.item()`` every step. "ours" is DiffusionObjective.train_step
+itself (smallgen/objectives/diffusion.py): uint8 images held on the device with flips there, our
+DiffusionLoss, fused AdamW on CUDA, foreach EMA, no host sync, optional channels_last/torch.compile.
 Both are timed over --steps steps after --warmup steps; img/s and the ratio are printed (and
-written as JSON with --output_json). "ours (real loop)" runs smallgen.training.train itself on a
+written as JSON with --output_json). "ours (real loop)" runs smallgen.trainer.train itself on a
 synthetic uint8 dataset of the model's resolution and reads its logged img/s for the same steps.
 """
 
@@ -77,42 +77,35 @@ def diffusers_example_step(args, device):
 
 
 def our_step(args, device):
+    """The DiffusionObjective's own train_step (no copy), fed like the real loop feeds it."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from diffusers import UNet2DModel
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
-    from models.schedulers import NoiseSchedule
+    from smallgen.config import parse_args
     from smallgen.data import random_hflip, uint8_to_model_range
-    from smallgen.training import diffusion_loss, step_generator
+    from smallgen.seeding import step_generator
+    from smallgen.trainer import build_objective
 
-    unet = UNet2DModel.from_config(UNet2DModel.load_config(args.model)).to(device)
-    if args.channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
-    schedule = NoiseSchedule(1000)
-    schedule.alphas_cumprod = schedule.alphas_cumprod.to(device)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8,
-                                  fused=device.type == "cuda")
-    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=10**6)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=True)
-    ema.to(device)
-    model = torch.compile(unet) if args.torch_compile else unet
-    size = unet.config.sample_size
+    size = UNet2DModel.load_config(args.model)["sample_size"]
+    flags = ["--model_config_name_or_path", args.model, "--resolution", size, "--use_ema", "--lr_warmup_steps", 500,
+             "--mixed_precision", args.mixed_precision]
+    flags += [f"--{name}" for name in ("channels_last", "torch_compile") if getattr(args, name)]
+    data_args, model_args, train_args = parse_args([str(f) for f in flags])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device.type == "cpu")
+    objective = build_objective(data_args, model_args, train_args)
+    objective.setup(accelerator, max_train_steps=10**6)
     dataset = torch.randint(0, 256, (max(4 * args.batch_size, 1024), 3, size, size), dtype=torch.uint8, device=device)
     order = torch.randperm(len(dataset), device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
 
     def step(i):
         generator = step_generator(device, 0, i, 0, 0)
         start = (i * args.batch_size) % (len(dataset) - args.batch_size)
         clean = random_hflip(uint8_to_model_range(dataset[order[start:start + args.batch_size]]), generator)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = diffusion_loss(model, schedule, clean, generator, channels_last=args.channels_last)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0, foreach=True)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(unet.parameters())
+        objective.train_step([(clean, generator)])
+        for scheduler in objective.lr_schedulers.values():
+            scheduler.step()
 
     return step
 
@@ -125,9 +118,9 @@ def our_real_loop(args, device) -> float:
     from diffusers import UNet2DModel
 
     from smallgen.config import parse_args
-    from smallgen.plots import read_metrics
+    from smallgen.metrics import read_metrics
     from smallgen.testing import write_sprites_npy
-    from smallgen.training import train
+    from smallgen.trainer import train
 
     size = UNet2DModel.load_config(args.model)["sample_size"]
     total_steps = args.warmup + args.steps

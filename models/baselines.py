@@ -2,7 +2,7 @@
 
 DCGAN layout (Radford et al. 2016) at any power-of-two resolution >= 8: the image is halved by
 4x4 stride-2 convolutions down to 4x4 (channels doubling from ``base_channels``), and the
-decoder mirrors it with transposed convolutions. Losses live in ``smallgen/baselines.py``.
+decoder mirrors it with transposed convolutions. Losses live in ``models/losses.py``.
 
 This file imports only torch and diffusers: it is copied into exported pipeline folders so that
 ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this project.

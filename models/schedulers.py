@@ -102,6 +102,16 @@ def inference_timesteps(spacing: str, num_train_timesteps: int, num_inference_st
     return steps.copy()
 
 
+def randn(shape, generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise; with a list of generators, row i comes from generator i alone, so an
+    image's noise does not depend on the batch it was drawn in (as diffusers' ``randn_tensor``)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.flatten().reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -130,6 +140,11 @@ class NoiseSchedule:
 
     def __len__(self) -> int:
         return self.num_train_timesteps
+
+    def to(self, device) -> "NoiseSchedule":
+        """Move the tables the training loss indexes every step (once, not per call)."""
+        self.alphas_cumprod = self.alphas_cumprod.to(device)
+        return self
 
     def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         table = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
@@ -252,8 +267,7 @@ class DDPMSampler(NoiseSchedule):
         prev_sample, _ = self.posterior(original, sample, t, prev_t)
         if t > 0:
             # Same call as diffusers' randn_tensor on this device, so one generator drives both alike.
-            noise = torch.randn(model_output.shape, generator=generator, device=model_output.device,
-                                dtype=model_output.dtype)
+            noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + self.variance(t, prev_t) ** 0.5 * noise
         if not return_dict:
             return prev_sample, original
@@ -317,8 +331,7 @@ class DDIMSampler(NoiseSchedule):
             if variance_noise is not None and generator is not None:
                 raise ValueError("pass either generator or variance_noise, not both")
             if variance_noise is None:
-                variance_noise = torch.randn(model_output.shape, generator=generator,
-                                             device=model_output.device, dtype=model_output.dtype)
+                variance_noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + sigma * variance_noise
         if not return_dict:
             return prev_sample, original

@@ -16,8 +16,6 @@ import json
 import os
 from pathlib import Path
 
-from smallgen.errors import ConfigError
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "models"
 
@@ -33,10 +31,15 @@ def resolve_config_path(name_or_path: str) -> str:
     for candidate in candidates:
         if candidate.exists():
             return str(candidate)
-    return name_or_path  # maybe a hub id: let diffusers try
+    # A Hub id is "name" or "owner/name"; anything else that does not exist is a missing local path.
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".json") or name_or_path.count("/") > 1:
+        raise ValueError(f"the UNet config {name_or_path!r} does not exist (a JSON file, a name in "
+                         f"{MODEL_CONFIG_DIR.relative_to(REPO_ROOT)}/, a pipeline folder or a Hub id)")
+    return name_or_path  # a Hub id ("user/model"): let diffusers try
 
 
 def load_unet_config(name_or_path: str | None, resolution: int) -> dict:
+    """The config dict with ``sample_size`` set; ValueError names what is wrong."""
     from diffusers import UNet2DModel
 
     path = resolve_config_path(name_or_path or default_unet_config(resolution))
@@ -46,12 +49,12 @@ def load_unet_config(name_or_path: str | None, resolution: int) -> dict:
                 config = json.load(f)
         else:
             config = dict(UNet2DModel.load_config(path, subfolder="unet" if os.path.isdir(os.path.join(path, "unet")) else None))
-    except Exception as exc:
-        raise ConfigError(f"could not read the UNet config {name_or_path!r} ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # diffusers and the hub client raise many types
+        raise ValueError(f"could not read the UNet config {name_or_path!r} ({type(exc).__name__}: {exc})") from exc
     config["sample_size"] = resolution
     levels = len(config.get("block_out_channels", []))
     if levels and resolution % (2 ** (levels - 1)):
-        raise ConfigError(
+        raise ValueError(
             f"the UNet config {path} halves the image {levels - 1} times, which {resolution} px does not allow; "
             "pick a config with fewer levels (e.g. configs/models/unet-sprites16.json at 16 px)"
         )
@@ -64,5 +67,5 @@ def create_unet(name_or_path: str | None, resolution: int):
     config = load_unet_config(name_or_path, resolution)
     try:
         return UNet2DModel.from_config(config)
-    except Exception as exc:
-        raise ConfigError(f"invalid UNet config {name_or_path!r}: {exc}") from exc
+    except Exception as exc:  # from_config raises several types on bad values
+        raise ValueError(f"invalid UNet config {name_or_path!r}: {exc}") from exc

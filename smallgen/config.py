@@ -13,16 +13,17 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from smallgen.data import DataArguments
-from smallgen.errors import ConfigError
+from models.schedulers import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
+from smallgen.data import INTERPOLATIONS
+from smallgen.errors import ConfigError, DataError
+from smallgen.objectives import MODEL_TYPES
 
-BETA_SCHEDULE_CHOICES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine", "sigmoid")
-PREDICTION_TYPE_CHOICES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPE_CHOICES = ("fixed_small", "fixed_large")
+BETA_SCHEDULE_CHOICES = BETA_SCHEDULES  # the math defines what exists
+PREDICTION_TYPE_CHOICES = PREDICTION_TYPES
+VARIANCE_TYPE_CHOICES = VARIANCE_TYPES
 LR_SCHEDULER_CHOICES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 LOGGER_CHOICES = ("tensorboard", "wandb", "none")
-MODEL_TYPE_CHOICES = ("ddpm", "vae", "dcgan", "vaegan")
 BASELINE_LATENT_DIMS = {"vae": 128, "dcgan": 100, "vaegan": 256}  # seeds 002/003
 
 
@@ -36,10 +37,65 @@ def _check_choice(flag: str, value, choices) -> None:
 
 
 @dataclass
+class DataArguments:
+    """Where the images come from and how they are prepared (flag names as in diffusers' example)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id (uoft-cs/cifar10), or a local dataset folder or file."},
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The dataset's configuration name, if it has several."}
+    )
+    train_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder of images (imagefolder layout) or of the Sprites .npy files."},
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column holding the images (default: detected)."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where downloaded and prepared datasets are cached."}
+    )
+    resolution: int = field(default=32, metadata={"help": "Images are made resolution x resolution."})
+    center_crop: bool = field(
+        default=False,
+        metadata={"help": "Center-crop after resizing (default: random crop, as diffusers' example)."},
+    )
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips in training."})
+    interpolation: str = field(
+        default="bilinear",
+        metadata={"help": "Resize filter when a resize is needed; 'nearest' suits pixel art.",
+                  "choices": INTERPOLATIONS},
+    )
+    validation_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Held-out fraction when the dataset has no validation/test split."},
+    )
+    split_seed: int = field(default=0, metadata={"help": "Seed of the held-out validation split."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training images (quick runs)."}
+    )
+    max_validation_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N validation images."}
+    )
+
+    def __post_init__(self):
+        if self.resolution < 1:
+            raise DataError(f"--resolution must be a positive number of pixels, got {self.resolution}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise DataError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DataError(
+                f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+
+
+@dataclass
 class ModelArguments:
     """What to train: a diffusion UNet and its noise process, or a baseline (VAE, DCGAN, VAE-GAN)."""
 
-    model_type: str = _choice("What to train: a diffusion model or a baseline.", MODEL_TYPE_CHOICES, "ddpm")
+    model_type: str = _choice("What to train: a diffusion model or a baseline.", MODEL_TYPES, "ddpm")
     model_config_name_or_path: str | None = field(
         default=None,
         metadata={"help": "UNet config: a JSON file, a name in configs/models/, or a pipeline folder "
@@ -66,7 +122,7 @@ class ModelArguments:
     adversarial_weight: float = field(default=0.1, metadata={"help": "VAE-GAN weight of the adversarial term."})
 
     def __post_init__(self):
-        _check_choice("model_type", self.model_type, MODEL_TYPE_CHOICES)
+        _check_choice("model_type", self.model_type, MODEL_TYPES)
         _check_choice("ddpm_beta_schedule", self.ddpm_beta_schedule, BETA_SCHEDULE_CHOICES)
         _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPE_CHOICES)
         _check_choice("variance_type", self.variance_type, VARIANCE_TYPE_CHOICES)

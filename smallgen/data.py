@@ -18,15 +18,20 @@ uint8 tensor, which can live on the accelerator; augmentation then happens there
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from smallgen.errors import DataError
+
+if TYPE_CHECKING:  # the arguments live with the other flags; data only reads them
+    from smallgen.config import DataArguments
 
 SPRITES_IMAGES_FILE = "sprites_1788_16x16.npy"
 SPRITES_LABELS_FILE = "sprite_labels_nc_1788_16x16.npy"
@@ -35,61 +40,6 @@ IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "picture", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "fine_label")
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
-
-
-@dataclass
-class DataArguments:
-    """Where the images come from and how they are prepared (flag names as in diffusers' example)."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "Hub dataset id (uoft-cs/cifar10), or a local dataset folder or file."},
-    )
-    dataset_config_name: str | None = field(
-        default=None, metadata={"help": "The dataset's configuration name, if it has several."}
-    )
-    train_data_dir: str | None = field(
-        default=None,
-        metadata={"help": "A folder of images (imagefolder layout) or of the Sprites .npy files."},
-    )
-    image_column: str | None = field(
-        default=None, metadata={"help": "Column holding the images (default: detected)."}
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where downloaded and prepared datasets are cached."}
-    )
-    resolution: int = field(default=32, metadata={"help": "Images are made resolution x resolution."})
-    center_crop: bool = field(
-        default=False,
-        metadata={"help": "Center-crop after resizing (default: random crop, as diffusers' example)."},
-    )
-    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips in training."})
-    interpolation: str = field(
-        default="bilinear",
-        metadata={"help": "Resize filter when a resize is needed; 'nearest' suits pixel art.",
-                  "choices": INTERPOLATIONS},
-    )
-    validation_fraction: float = field(
-        default=0.05,
-        metadata={"help": "Held-out fraction when the dataset has no validation/test split."},
-    )
-    split_seed: int = field(default=0, metadata={"help": "Seed of the held-out validation split."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training images (quick runs)."}
-    )
-    max_validation_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation images."}
-    )
-
-    def __post_init__(self):
-        if self.resolution < 1:
-            raise DataError(f"--resolution must be a positive number of pixels, got {self.resolution}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise DataError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise DataError(
-                f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
 
 
 @dataclass
@@ -470,3 +420,40 @@ class ShuffledIndexBatches:
         for b in range(start_batch, len(self)):
             chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
             yield chunk[self.process_index::self.num_processes]
+
+
+class ImageFeeder:
+    """Training batches in [-1, 1] on the device, in the order given by ShuffledIndexBatches.
+
+    Fast path: the split decoded once into one uint8 tensor on the device. Otherwise the
+    ``datasets`` transform decodes each batch (DataLoader workers).
+    """
+
+    def __init__(self, dataset, image_column: str, data_args, train_args, accelerator):
+        self.device = accelerator.device
+        self.random_flip = data_args.random_flip
+        self.batches = ShuffledIndexBatches(len(dataset), train_args.train_batch_size, train_args.seed,
+                                            accelerator.num_processes, accelerator.process_index)
+        choice = train_args.dataset_on_device
+        fits = fits_in_memory(len(dataset), data_args.resolution, train_args.max_dataset_bytes)
+        self.on_device = choice == "yes" or (choice == "auto" and fits)
+        if self.on_device:
+            self.images = decode_to_uint8(dataset, image_column, data_args, desc="loading images",
+                                          show_progress=accelerator.is_local_main_process).to(self.device)
+        else:
+            no_flip = dataclasses.replace(data_args, random_flip=False)  # flips happen on the device
+            self.dataset = dataset.with_transform(image_transform(no_flip, image_column, None, train=True,
+                                                                  seed=train_args.seed))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        for indices in self.batches.epoch(epoch, start_batch, self.device if self.on_device else None):
+            if self.on_device:
+                yield uint8_to_model_range(self.images[indices])
+            else:
+                yield self.dataset[indices.tolist()]["pixel_values"].to(self.device, non_blocking=True)
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_hflip(images, generator) if self.random_flip else images

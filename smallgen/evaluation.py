@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from smallgen.data import INTERPOLATIONS, DataArguments, decode_image, decode_to_uint8, load_split, to_rgb
+from smallgen.config import MIXED_PRECISION_CHOICES, DataArguments
+from smallgen.data import INTERPOLATIONS, decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
 
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++")
-MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -206,7 +206,9 @@ def _own_pipeline_class(folder: str):
         return None
     with open(index_path) as handle:
         class_name = json.load(handle).get("_class_name")
-    if isinstance(class_name, list) and class_name[-1] in ("VAEPipeline", "GANPipeline"):
+    from smallgen.export import OWN_PIPELINE_CLASSES
+
+    if isinstance(class_name, list) and class_name[-1] in OWN_PIPELINE_CLASSES:
         import pipelines
 
         return getattr(pipelines, class_name[-1])
@@ -248,13 +250,15 @@ def _generate_with_call(pipeline, args: EvaluationArguments, device: torch.devic
     """Any pipeline called like DDPMPipeline (batch_size, generator, output_type) -> images."""
     from tqdm.auto import tqdm
 
-    generator = torch.Generator(device).manual_seed(args.seed)
+    from smallgen.seeding import image_generators
+
     out = []
     with tqdm(total=args.num_samples, desc="sampling", unit="img") as bar:
         for start in range(0, args.num_samples, args.batch_size):
             n = min(args.batch_size, args.num_samples - start)
+            generators = image_generators(args.seed, range(start, start + n), device)  # image i from (seed, i)
             try:
-                result = pipeline(batch_size=n, generator=generator, output_type="np")
+                result = pipeline(batch_size=n, generator=generators, output_type="np")
             except TypeError as exc:
                 raise UserError(f"{type(pipeline).__name__} is not an unconditional image pipeline "
                                 f"(called with batch_size, generator, output_type: {exc})") from None

@@ -4,46 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 from smallgen.errors import UserError
+from smallgen.files import save_json
 
 # What stays local when the run folder is uploaded.
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
 
 
-def diffusers_scheduler_config(diffusion_args) -> dict:
-    """Arguments of diffusers' DDPMScheduler for this run (DDIMPipeline converts it to DDIM)."""
-    from models.schedulers import make_betas
-
-    config = dict(
-        num_train_timesteps=diffusion_args.ddpm_num_steps,
-        beta_start=diffusion_args.beta_start,
-        beta_end=diffusion_args.beta_end,
-        beta_schedule=diffusion_args.diffusers_beta_schedule,
-        prediction_type=diffusion_args.prediction_type,
-        variance_type=diffusion_args.variance_type,
-        clip_sample=True,
-    )
-    if diffusion_args.ddpm_beta_schedule == "sigmoid":
-        # diffusers' DDIMScheduler has no sigmoid schedule: store the betas so DDIM loads too.
-        config["trained_betas"] = make_betas("sigmoid", diffusion_args.ddpm_num_steps, diffusion_args.beta_start,
-                                             diffusion_args.beta_end).tolist()
-    return config
-
-
-def save_ddpm_pipeline(unet, diffusion_args, output_dir: str) -> None:
+def save_ddpm_pipeline(unet, scheduler_config: dict, output_dir: str) -> None:
     """``output_dir`` becomes a DDPMPipeline folder (unet/ as safetensors, scheduler/, model_index.json)."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    scheduler = DDPMScheduler(**diffusers_scheduler_config(diffusion_args))
+    scheduler = DDPMScheduler(**scheduler_config)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
 
 
-# model_type -> (pipeline file in pipelines/, pipeline class, component name, component class)
+class BaselinePipeline(NamedTuple):
+    module: str  # file in pipelines/, copied into the folder
+    class_name: str
+    component: str  # the model's subfolder
+    model_class: str  # in models/baselines.py, copied into the subfolder
+
+
 BASELINE_PIPELINES = {
-    "vae": ("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE"),
-    "gan": ("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder"),
+    "vae": BaselinePipeline("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE"),
+    "gan": BaselinePipeline("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder"),
 }
+OWN_PIPELINE_CLASSES = tuple(p.class_name for p in BASELINE_PIPELINES.values())
 
 
 def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
@@ -75,8 +64,11 @@ def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,
                      metrics: dict, sample_images: list[str], tags: list[str],
-                     trust_remote_code: bool = False) -> str:
-    """README.md with hub metadata (library_name diffusers), arguments, metrics and sample grids."""
+                     trust_remote_code: bool = False, load_from: str | None = None) -> str:
+    """README.md with hub metadata (library_name diffusers), arguments, metrics and sample grids.
+
+    ``load_from`` is what the usage snippet loads: the Hub id when pushed, else the run folder.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(
@@ -103,7 +95,7 @@ def write_model_card(output_dir: str, *, model_description: str, dataset: str | 
 ```python
 from diffusers import DiffusionPipeline
 
-pipeline = DiffusionPipeline.from_pretrained("{os.path.basename(os.path.abspath(output_dir))}"{remote})
+pipeline = DiffusionPipeline.from_pretrained("{load_from or output_dir}"{remote})
 images = pipeline(batch_size=16).images
 ```
 
@@ -145,11 +137,3 @@ def push_to_hub(output_dir: str, repo_id: str | None, token: str | None, private
             "(HF_TOKEN or --hub_token)."
         ) from exc
     return repo.repo_id
-
-
-def save_json(path: str, values: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)

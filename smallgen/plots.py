@@ -4,7 +4,6 @@ the values come from the inputs."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -14,16 +13,16 @@ from PIL import Image
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Image.Image:
-    """uint8 (N, 3, H, W) images as one PIL grid, ``scale``-times enlarged with nearest neighbours."""
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[top:top + h, left:left + w] = image.permute(1, 2, 0).numpy()
-    picture = Image.fromarray(grid)
+    """uint8 (N, 3, H, W) images as one PIL grid on white, ``scale``-times enlarged with nearest neighbours."""
+    from torchvision.utils import make_grid
+
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    if len(images) == 1:  # make_grid returns a lone image unpadded; keep every grid framed alike
+        images = torch.cat([images, torch.full_like(images, 255)])
+        grid = make_grid(images, nrow=2, padding=padding, pad_value=255)[:, :, :images.shape[-1] + 2 * padding]
+    else:
+        grid = make_grid(images, nrow=nrow, padding=padding, pad_value=255)
+    picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     return picture
@@ -34,13 +33,6 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int | None = None) ->
     scale = max(1, 128 // images.shape[-1])  # 16 px sprites are unreadable at 1:1
     image_grid(images, nrow, scale=scale).save(path)
     return path
-
-
-def read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # Loss families drawn on their own axes: their scales differ by orders of magnitude.
@@ -156,27 +148,21 @@ def reverse_process(unet, scheduler, num_inference_steps: int, seed: int = 0, nu
                     num_images: int = 1, eta: float | None = None) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """[(t, x_t uint8, predicted x_0 uint8)] at ``num_frames`` evenly spaced steps, the last one final.
 
-    The starting noise depends only on ``seed``, so DDPM and DDIM strips start from the same x_T.
+    Runs the sampling loop itself (``smallgen.sampling.reverse_process``) with image i seeded by
+    (seed, i), so the final frame is what ``sample_images`` draws and DDPM and DDIM strips start
+    from the same x_T.
     """
-    from smallgen.sampling import to_uint8
+    from smallgen import sampling
+    from smallgen.seeding import image_generators
 
     device = next(unet.parameters()).device
-    config = unet.config
-    generator = torch.Generator(device).manual_seed(seed)
-    x = torch.randn((num_images, config.in_channels, config.sample_size, config.sample_size), generator=generator,
-                    device=device)
-    scheduler.set_timesteps(num_inference_steps)
-    timesteps = list(scheduler.timesteps)
-    keep = set(np.linspace(0, len(timesteps) - 1, num_frames).round().astype(int).tolist())
-    frames = []
-    kwargs = {} if eta is None else {"eta": eta}
-    for index, t in enumerate(timesteps):
-        output = scheduler.step(unet(x, t.to(device)).sample, t, x, generator=generator, **kwargs)
-        if index in keep:
-            frames.append((int(t), to_uint8(x).cpu(), to_uint8(output.pred_original_sample).cpu()))
-        x = output.prev_sample
-    frames.append((-1, to_uint8(x).cpu(), to_uint8(x).cpu()))
-    return frames
+    generators = image_generators(seed, range(num_images), device)
+    steps = list(sampling.reverse_process(unet, scheduler, num_inference_steps, generators, eta))
+    keep = set(np.linspace(0, len(steps) - 1, num_frames).round().astype(int).tolist())
+    frames = [(int(t), sampling.to_uint8(x).cpu(), sampling.to_uint8(output.pred_original_sample).cpu())
+              for index, (t, x, output) in enumerate(steps) if index in keep]
+    final = sampling.to_uint8(steps[-1][2].prev_sample).cpu()
+    return frames + [(-1, final, final)]
 
 
 def plot_reverse_process(strips: dict[str, list], path: str) -> dict:

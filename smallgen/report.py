@@ -117,7 +117,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def _reference_images(args: ReportArguments, runs: list[RunInfo], count: int):
-    from smallgen.data import DataArguments, decode_to_uint8, load_split
+    from smallgen.config import DataArguments
+    from smallgen.data import decode_to_uint8, load_split
 
     source = {"dataset_name": args.dataset_name}
     if args.dataset_name is None:
@@ -136,6 +137,7 @@ def _reference_images(args: ReportArguments, runs: list[RunInfo], count: int):
 
 def write_report(args: ReportArguments) -> str:
     from smallgen.evaluation import read_results
+    from smallgen.metrics import read_metrics
     from smallgen.plots import (
         plot_fid_vs_steps,
         plot_fid_vs_training_time,
@@ -143,7 +145,6 @@ def write_report(args: ReportArguments) -> str:
         plot_loss_curves,
         plot_progression,
         plot_reverse_process,
-        read_metrics,
     )
 
     runs = [read_run(path) for path in args.runs]

@@ -1,8 +1,15 @@
-"""The sampling loop: x_T ~ N(0, I), then the scheduler's steps; runs on our samplers or diffusers'."""
+"""The sampling loop: x_T ~ N(0, I), then the scheduler's steps; on our samplers or diffusers'.
+
+``reverse_process`` is the one reverse loop: sample grids, ``evaluate_fid.py`` and the report's
+strips all run through it. Every image has its own generator (``smallgen.seeding``), used for its
+starting noise and for the noise a stochastic step adds, so image i depends only on (seed, i).
+"""
 
 from __future__ import annotations
 
 import torch
+
+from smallgen.seeding import image_generators, per_image_randn
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -11,33 +18,44 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int = 0,
-                  batch_size: int = 64, device=None, eta: float | None = None, channels_last: bool = False,
-                  progress: bool = False) -> torch.Tensor:
-    """``num_images`` samples as uint8 (N, C, H, W) on the CPU; the same seed gives the same images.
+def reverse_process(unet, scheduler, num_inference_steps: int, generators: list[torch.Generator],
+                    eta: float | None = None, channels_last: bool = False, progress: bool = False):
+    """Yield (t, x_t, step output) for every step, from noise drawn by ``generators`` (one per image).
 
     ``scheduler`` is any object with diffusers' call shape (``set_timesteps``, ``timesteps``,
-    ``step``): ``models.schedulers.DDPMSampler``/``DDIMSampler`` or diffusers' own. ``eta`` is
-    passed to DDIM-style steps.
+    ``step``); ``eta`` is passed to DDIM-style steps. The last output's ``prev_sample`` is x_0.
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device or next(unet.parameters()).device)
+    device = next(unet.parameters()).device
     config = unet.config
-    shape = (config.in_channels, config.sample_size, config.sample_size)
-    generator = torch.Generator(device).manual_seed(seed)
-    step_kwargs = {} if eta is None else {"eta": eta}
     dtype = next(unet.parameters()).dtype
+    x = per_image_randn(generators, (config.in_channels, config.sample_size, config.sample_size), device)
+    step_kwargs = {} if eta is None else {"eta": eta}
+    scheduler.set_timesteps(num_inference_steps)  # per call: multistep solvers keep state
+    for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):
+        model_input = x.to(dtype)
+        if channels_last:
+            model_input = model_input.contiguous(memory_format=torch.channels_last)
+        model_output = unet(model_input, t.to(device)).sample.float()
+        output = scheduler.step(model_output, t, x, generator=generators, **step_kwargs)
+        yield t, x, output
+        x = output.prev_sample
+
+
+@torch.no_grad()
+def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int = 0,
+                  batch_size: int = 64, device=None, eta: float | None = None, channels_last: bool = False,
+                  progress: bool = False, first_index: int = 0) -> torch.Tensor:
+    """``num_images`` samples as uint8 (N, C, H, W) on the CPU: images first_index ... of ``seed``."""
+    device = torch.device(device or next(unet.parameters()).device)
     out = []
-    for start in range(0, num_images, batch_size):
-        n = min(batch_size, num_images - start)
-        x = torch.randn((n, *shape), generator=generator, device=device, dtype=torch.float32)
-        scheduler.set_timesteps(num_inference_steps)  # per batch: multistep solvers keep state
-        for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):
-            model_input = x.to(dtype)
-            if channels_last:
-                model_input = model_input.contiguous(memory_format=torch.channels_last)
-            model_output = unet(model_input, t.to(device)).sample.float()
-            x = scheduler.step(model_output, t, x, generator=generator, **step_kwargs).prev_sample
+    for start in range(first_index, first_index + num_images, batch_size):
+        n = min(batch_size, first_index + num_images - start)
+        generators = image_generators(seed, range(start, start + n), device)
+        x = None
+        for _, _, output in reverse_process(unet, scheduler, num_inference_steps, generators, eta, channels_last,
+                                            progress):
+            x = output.prev_sample
         out.append(to_uint8(x).cpu())
     return torch.cat(out)

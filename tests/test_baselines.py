@@ -53,21 +53,22 @@ def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from smallgen.baselines import OBJECTIVES
     from smallgen.config import ModelArguments
+    from smallgen.objectives import objective_class
 
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.manual_seed(0)
     model_args = ModelArguments(model_type=model_type, latent_dim=16, base_channels=8)
     train_args = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.5, adam_beta2=0.999, adam_epsilon=1e-8,
-                                 adam_weight_decay=0.0, max_grad_norm=None, eval_batch_size=8)
-    objective = OBJECTIVES[model_type](model_args, SimpleNamespace(resolution=16), train_args, Accelerator(cpu=True))
-    objective.prepare()
+                                 adam_weight_decay=0.0, max_grad_norm=None, eval_batch_size=8, lr_scheduler="constant",
+                                 lr_warmup_steps=0, gradient_accumulation_steps=1, use_ema=False)
+    objective = objective_class(model_type)(SimpleNamespace(resolution=16), model_args, train_args)
+    objective.setup(Accelerator(cpu=True), max_train_steps=60)
     coarse = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
     images = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear")  # learnable structure
     # The quantity each update minimises, on a fixed batch: the VAE's loss; a GAN's discriminator loss.
     watched = "d_loss" if model_type == "dcgan" else "train_loss"
-    history = [objective.train_step(images, torch.Generator().manual_seed(s)) for s in range(60)]
+    history = [objective.train_step([(images, torch.Generator().manual_seed(s))]) for s in range(60)]
     assert all(torch.isfinite(v).all() for h in history for v in h.values())
     first = sum(h[watched].item() for h in history[:5]) / 5
     final = sum(h[watched].item() for h in history[-5:]) / 5

@@ -83,7 +83,7 @@ def test_validation_loss_uses_the_validation_images_as_they_are(sprites_dir, tin
     """The logged val_loss equals the loss recomputed here on the unflipped validation images."""
     from smallgen.config import parse_args
     from smallgen.data import decode_to_uint8, load_image_datasets, uint8_to_model_range
-    from smallgen.training import VALIDATION_SEED
+    from smallgen.seeding import VALIDATION_SEED
 
     extra = {} if model_type == "ddpm" else dict(BASELINE_OVERRIDES, model_type=model_type)
     out = tmp_path / "run"
@@ -98,20 +98,21 @@ def test_validation_loss_uses_the_validation_images_as_they_are(sprites_dir, tin
     if model_type == "ddpm":
         from diffusers import UNet2DModel
 
+        from models.losses import DiffusionLoss
         from models.schedulers import NoiseSchedule
-        from smallgen.training import diffusion_loss
 
         unet = UNet2DModel.from_pretrained(out / "unet").eval()
         schedule = NoiseSchedule(model_args.ddpm_num_steps, model_args.beta_start, model_args.beta_end,
                                  model_args.ddpm_beta_schedule, model_args.prediction_type)
+        loss = DiffusionLoss(schedule)
         with torch.no_grad():
             for b, start in enumerate(range(0, len(images), 4)):
                 clean = images[start:start + 4]
                 generator = torch.Generator().manual_seed(VALIDATION_SEED + b)
-                total += diffusion_loss(unet, schedule, clean, generator).item() * len(clean)
+                total += loss(lambda x, t: unet(x, t).sample, clean, generator).mean().item() * len(clean)
     else:
+        from models.losses import gaussian_kl, reconstruction_error
         from pipelines import VAEPipeline
-        from smallgen.baselines import gaussian_kl, reconstruction_error
 
         vae = VAEPipeline.from_pretrained(out).vae.eval()
         with torch.no_grad():
@@ -121,8 +122,8 @@ def test_validation_loss_uses_the_validation_images_as_they_are(sprites_dir, tin
                 noise = torch.randn((len(clean), model_args.latent_dim), generator=generator)
                 reconstruction, mean, logvar, _ = vae(clean, noise)
                 loss = reconstruction_error(reconstruction, clean) + model_args.kl_weight * gaussian_kl(mean, logvar)
-                total += loss.item() * len(clean)
-    assert results["val_loss"] == pytest.approx(total / len(images), rel=1e-5)
+                total += loss.mean().item() * len(clean)
+    assert results["val_loss"] == pytest.approx(total / len(images), rel=1e-6)
 
 
 def test_reference_cache_key_names_dataset_split_resolution_count_and_seed(sample_cifar10, tmp_path):
@@ -205,7 +206,7 @@ def _assert_checkpoints_finite(out):
 
 
 def test_no_nan_reaches_a_checkpoint_between_logging_steps(sprites_dir, tiny_unet_config, tmp_path):
-    from smallgen.training import TrainingDiverged
+    from smallgen.trainer import TrainingDiverged
 
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged):
@@ -215,7 +216,7 @@ def test_no_nan_reaches_a_checkpoint_between_logging_steps(sprites_dir, tiny_une
 
 @pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
 def test_baselines_stop_on_divergence(sprites_dir, tmp_path, model_type):
-    from smallgen.training import TrainingDiverged
+    from smallgen.trainer import TrainingDiverged
 
     out = tmp_path / model_type
     with pytest.raises(TrainingDiverged):
@@ -239,3 +240,40 @@ def tiny_unet_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "unet.json"
     path.write_text(json.dumps(config))
     return path
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Passes the loss through unchanged; its gradient comes back infinite."""
+
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_an_inf_gradient_at_a_checkpoint_step_is_never_saved(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    """The loss stays finite, the step-3 gradient is inf: the weights are checked before saving."""
+    from models.losses import DiffusionLoss
+    from smallgen.trainer import TrainingDiverged
+
+    real_call = DiffusionLoss.__call__
+    calls = []
+
+    def call(self, net, images, generator):
+        loss = real_call(self, net, images, generator)
+        if torch.is_grad_enabled():  # training, not validation
+            calls.append(1)
+            if len(calls) == 3:
+                return _InfiniteGradient.apply(loss)
+        return loss
+
+    monkeypatch.setattr(DiffusionLoss, "__call__", call)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 3.*checkpoint-2"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=1,
+                               logging_steps=100, max_grad_norm=0))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    _assert_checkpoints_finite(out)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from smallgen.config import DataArguments
 from smallgen.data import (
     SPRITES_CLASS_NAMES,
     SPRITES_IMAGES_FILE,
     SPRITES_LABELS_FILE,
-    DataArguments,
     ShuffledIndexBatches,
     decode_to_uint8,
     image_transform,

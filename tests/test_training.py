@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from smallgen.errors import ConfigError, UserError
 from smallgen.testing import write_sprites_npy
-from smallgen.training import TrainingDiverged, list_checkpoints, resolve_resume_checkpoint
+from smallgen.checkpoints import list_checkpoints, resolve_resume_checkpoint
+from smallgen.trainer import TrainingDiverged
 from tests.conftest import ROOT
 
 
@@ -21,7 +22,7 @@ def run_training(argv):
 
     AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator per run, as in a fresh process
     from smallgen.config import parse_args
-    from smallgen.training import train
+    from smallgen.trainer import train
 
     return train(*parse_args([str(a) for a in argv]))  # UserErrors propagate (main() turns them into exit 2)
 
@@ -153,7 +154,7 @@ def test_existing_output_dir_is_not_overwritten(sprites_dir, tiny_unet_config, t
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sprites_dir, tiny_unet_config, tmp_path):
     out = tmp_path / "run"
     # Warm-up of 0, no clipping and an absurd constant learning rate blow the weights up after a step or two.
-    with pytest.raises(TrainingDiverged, match="loss became (nan|inf)") as info:
+    with pytest.raises(TrainingDiverged, match="train_loss became (nan|inf)") as info:
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=40, checkpointing_steps=1,
                                learning_rate=1e30, lr_warmup_steps=0, lr_scheduler="constant", max_grad_norm=0,
                                adam_epsilon=1e-30))
@@ -217,31 +218,43 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert choice.returncode == 2 and "invalid choice: 'fp8'" in choice.stderr
 
 
-def test_two_processes(sprites_dir, tiny_unet_config, tmp_path):
-    out = tmp_path / "ddp"
-    argv = tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=3,
-                     train_batch_size=4, learning_rate=3e-3)
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "train_unconditional.py", *argv],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-    )
+def test_two_processes_really_run_and_resume_exactly(sprites_dir, tiny_unet_config, tmp_path):
+    # 36 training images: batch 4 x 2 processes = 4 steps an epoch (one process of batch 4: 9).
+    common = dict(max_train_steps=6, checkpointing_steps=3, train_batch_size=4, learning_rate=3e-3, random_flip=True)
+    straight = tmp_path / "ddp"
+    result = _launch_two_processes(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "6 optimizer steps, 4 per epoch, 4 x 2 processes" in result.stdout
     assert result.stdout.count("pipeline saved to") == 1  # printed once, by the main process
-    assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-3", "checkpoint-6"]
-    state = json.loads((out / "checkpoint-6" / "training_state.json").read_text())
-    assert state["global_step"] == 6
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [m["step"] for m in metrics if "train_loss" in m]
-    assert train_steps == [1, 2, 3, 4, 5, 6]  # one log, not one per process
-    losses = [m["train_loss"] for m in metrics if "train_loss" in m]
-    assert losses[-1] < losses[0]
-    assert len(list((out / "logs").rglob("events.out.tfevents*"))) == 0  # logger none here
+    assert json.loads((straight / "results.json").read_text())["num_processes"] == 2
+    assert [p.name for p in list_checkpoints(str(straight))] == ["checkpoint-3", "checkpoint-6"]
+    metrics = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "train_loss" in m] == [1, 2, 3, 4, 5, 6]  # one log, not one per process
     from diffusers import DiffusionPipeline
 
-    assert DiffusionPipeline.from_pretrained(out).unet.config.sample_size == 16
+    assert DiffusionPipeline.from_pretrained(straight).unet.config.sample_size == 16
+    # N straight == N/2 + resume + N/2, under two processes too (step 3 is mid-epoch).
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    result = _launch_two_processes(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest",
+                                             **common))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = load_file(straight / "checkpoint-6" / "model.safetensors")
+    b = load_file(resumed / "checkpoint-6" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in load_file(straight / "checkpoint-3" / "model.safetensors").items())
+
+
+def test_two_processes_share_each_global_batch():
+    """Process p of P takes a strided share of the same global batch one process of batch P*B takes."""
+    from smallgen.data import ShuffledIndexBatches
+
+    single = list(ShuffledIndexBatches(40, 8, seed=3).epoch(1))
+    shares = [list(ShuffledIndexBatches(40, 4, seed=3, num_processes=2, process_index=p).epoch(1)) for p in (0, 1)]
+    assert len(single) == len(shares[0]) == len(shares[1]) == 5
+    for whole, a, b in zip(single, *shares):
+        assert sorted(torch.cat([a, b]).tolist()) == sorted(whole.tolist()) and not set(a.tolist()) & set(b.tolist())
 
 
 def test_push_to_hub_with_the_real_client_against_a_local_endpoint(sprites_dir, tiny_unet_config, tmp_path):
@@ -289,14 +302,11 @@ def test_every_recipe_parses_and_builds_its_network(recipe):
     from smallgen.config import parse_args
 
     data_args, diffusion_args, train_args = parse_args(["--config", str(ROOT / "configs" / recipe)])
+    from smallgen.trainer import build_objective
+
+    objective = build_objective(data_args, diffusion_args, train_args)  # every check, no file touched
+    assert all(sum(p.numel() for p in n.parameters()) > 1e5 for n in objective.networks.values())
     if diffusion_args.model_type != "ddpm":
-        from types import SimpleNamespace
-
-        from smallgen.baselines import OBJECTIVES
-
-        builder = SimpleNamespace(args=diffusion_args, resolution=data_args.resolution)
-        networks = OBJECTIVES[diffusion_args.model_type].build(builder)
-        assert all(sum(p.numel() for p in n.parameters()) > 1e5 for n in networks.values())
         return
     unet = create_unet(diffusion_args.model_config_name_or_path, data_args.resolution)
     assert unet.config.sample_size == data_args.resolution
@@ -323,3 +333,60 @@ def test_lazy_and_on_device_feeding_train_identically(sprites_dir, tiny_unet_con
     a = load_file(tmp_path / "yes" / "checkpoint-3" / "model.safetensors")
     b = load_file(tmp_path / "no" / "checkpoint-3" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _snapshot(folder):
+    """Every file's bytes under ``folder`` (paths relative to it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_arguments_leave_the_old_run_untouched(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=2, checkpointing_steps=1,
+                           save_images_epochs=1))
+    before = _snapshot(out)
+    assert any(k.startswith("checkpoint-") for k in before) and "metrics.jsonl" in before
+    bad = [
+        (dict(model_config_name_or_path="./no/such/unet.json"), ConfigError, "does not exist"),
+        (dict(train_data_dir=tmp_path / "no-such-data"), UserError, "does not exist"),
+        (dict(resolution=15), ConfigError, "halves the image"),
+        (dict(model_type="vae", model_config_name_or_path=None, resolution=12), ConfigError, "power-of-two"),
+    ]
+    for overrides, error, message in bad:
+        argv = tiny_args(sprites_dir, tiny_unet_config, out, **{"max_train_steps": 2, "overwrite_output_dir": True,
+                                                                 **overrides})
+        with pytest.raises(error, match=message):
+            run_training(argv)
+        assert _snapshot(out) == before, overrides
+
+
+def test_missing_unet_config_is_one_clear_line(tmp_path):
+    result = _script("train_unconditional.py", "--model_config_name_or_path", "configs/models/nope.json",
+                     "--output_dir", tmp_path / "o")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the UNet config 'configs/models/nope.json' does not exist (a JSON file, a name in configs/models/, "
+        "a pipeline folder or a Hub id)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_resuming_a_finished_run_changes_nothing(sprites_dir, tiny_unet_config, tmp_path):
+    out = tmp_path / "run"
+    first = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=4, checkpointing_steps=4,
+                                   use_ema=True, save_images_epochs=1))
+    before = _snapshot(out)
+    again = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=4, checkpointing_steps=4,
+                                   use_ema=True, save_images_epochs=1, resume_from_checkpoint="latest"))
+    assert _snapshot(out) == before  # no step, no new sample, no rewritten export or log
+    assert again["global_step"] == first["global_step"] == 4 and again["train_loss"] == first["train_loss"]
+
+
+def _launch_two_processes(argv, timeout=600):
+    """Two real CPU processes (gloo): ``--cpu`` alone would start only one."""
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         "train_unconditional.py", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
+    )

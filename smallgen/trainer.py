@@ -1,0 +1,344 @@
+"""The one training loop behind ``train_unconditional.py``, for every model type (Accelerate).
+
+It knows nothing of networks or losses: an Objective (``smallgen/objectives``) does the steps.
+What the loop guarantees, whatever the objective:
+
+* Nothing is written before every argument, the network and the data have been checked.
+* Exact resume: data order is a pure function of (seed, epoch) and every random draw of a step
+  comes from (seed, step, micro-batch, process) (``smallgen.seeding``), so N straight steps equal
+  N/2 + resume + N/2 bit for bit. Resuming a finished run does no step and writes nothing.
+* The lr schedules count optimizer steps: stepped here once per optimizer step, whatever the
+  number of processes or accumulation steps (diffusers issues #1957 and #3954).
+* No host sync inside a step: losses are summed on the device, read and checked to be finite every
+  ``--logging_steps``; the weights are checked before every checkpoint and before the export, so a
+  NaN never reaches a saved file.
+* Validation splits its batches over processes and reduces, the same for every model type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from smallgen.checkpoints import (
+    check_output_dir,
+    load_checkpoint,
+    prepare_output_dir,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
+from smallgen.data import ImageFeeder, decode_to_uint8, load_image_datasets, uint8_to_model_range
+from smallgen.errors import ConfigError, UserError
+from smallgen.files import read_json, save_json
+from smallgen.metrics import MetricsLog
+from smallgen.seeding import derived_seed, step_generator, validation_generator
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights became NaN or infinite."""
+
+
+@dataclass
+class StepPlan:
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+    @classmethod
+    def for_run(cls, num_batches: int, args) -> "StepPlan":
+        steps_per_epoch = num_batches // args.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise ConfigError(f"one epoch holds {num_batches} batches, fewer than "
+                              f"--gradient_accumulation_steps={args.gradient_accumulation_steps}")
+        max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+        return cls(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
+
+
+def build_objective(data_args, model_args, args):
+    """The model type's Objective with its networks built (ConfigError on bad settings)."""
+    from smallgen.objectives import objective_class
+
+    objective = objective_class(model_args.model_type)(data_args, model_args, args)
+    objective.check_arguments()
+    return objective
+
+
+class Trainer:
+    def __init__(self, objective, accelerator, feeder, validation_images, resume_path, data_args, model_args, args):
+        self.objective, self.accelerator, self.feeder = objective, accelerator, feeder
+        self.validation_images, self.resume_path = validation_images, resume_path
+        self.data_args, self.model_args, self.args = data_args, model_args, args
+        self.accumulation = args.gradient_accumulation_steps
+        self.plan = StepPlan.for_run(len(feeder), args)
+        self.metrics = MetricsLog(args.output_dir, accelerator)
+        self.global_step, self.first_epoch, self.elapsed_before = 0, 0, 0.0
+        self.last_checkpoint = resume_path
+        self.last_train, self.last_val, self.sample_paths = {}, {}, []
+        self.progress = None
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict:
+        self.setup()
+        if self.global_step >= self.plan.max_train_steps and self.resume_path is not None:
+            return self.finished_already()
+        self.open_logs()
+        self.run_start = time.perf_counter() - self.elapsed_before
+        for epoch in range(self.first_epoch, self.plan.num_epochs):
+            self.train_epoch(epoch)
+            self.end_epoch(epoch)
+            if self.global_step >= self.plan.max_train_steps:
+                break
+        self.progress.close()
+        return self.finish()
+
+    def setup(self) -> None:
+        accelerator = self.accelerator
+        self.objective.setup(accelerator, self.plan.max_train_steps)
+        for scheduler in self.objective.lr_schedulers.values():
+            accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
+        for extra in self.objective.checkpoint_objects().values():
+            accelerator.register_for_checkpointing(extra)
+        accelerator.print(f"model: {self.objective.name}, {self.objective.describe()}")
+        if self.resume_path is not None:
+            state = load_checkpoint(accelerator, self.resume_path)
+            self.global_step = state["global_step"]
+            self.first_epoch = self.global_step // self.plan.steps_per_epoch
+            self.elapsed_before = state.get("elapsed_seconds", 0.0)
+            accelerator.print(f"resumed from {self.resume_path} at step {self.global_step}")
+        elif self.args.resume_from_checkpoint == "latest":
+            accelerator.print("no checkpoint in --output_dir yet: starting a new run")
+
+    def finished_already(self) -> dict:
+        """Resuming at or past the last step: no step, and an existing export is left as it is."""
+        args, say = self.args, self.accelerator.print
+        say(f"{self.resume_path} is at step {self.global_step} of {self.plan.max_train_steps}: nothing to train")
+        results_path = os.path.join(args.output_dir, "results.json")
+        if os.path.exists(results_path) and os.path.exists(os.path.join(args.output_dir, "model_index.json")):
+            self.accelerator.end_training()
+            return read_json(results_path)
+        self.run_start = time.perf_counter() - self.elapsed_before
+        return self.finish()
+
+    def open_logs(self) -> None:
+        """metrics.jsonl cut back to the resumed step, training_args.json, trackers, progress bar."""
+        args, accelerator = self.args, self.accelerator
+        self.metrics.cut_back(self.global_step)
+        public = {**dataclasses.asdict(self.data_args), **dataclasses.asdict(self.model_args),
+                  **args.to_public_dict()}
+        if accelerator.is_main_process:
+            save_json(os.path.join(args.output_dir, "training_args.json"), public)
+        if args.logger != "none":
+            accelerator.init_trackers("train_unconditional", config={
+                k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in public.items()})
+        accelerator.print(f"training: {self.plan.max_train_steps} optimizer steps, {self.plan.steps_per_epoch} per "
+                          f"epoch, {args.train_batch_size} x {accelerator.num_processes} processes x "
+                          f"{self.accumulation} accumulation per step")
+        from tqdm.auto import tqdm
+
+        self.progress = tqdm(total=self.plan.max_train_steps, initial=self.global_step, desc="training", unit="step",
+                             disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        self.sums, self.count = {}, 0
+        self.interval_start, self.images_in_interval = time.perf_counter(), 0
+
+    # ------------------------------------------------------------------ steps
+
+    def train_epoch(self, epoch: int) -> None:
+        self.objective.train_mode(True)
+        done_in_epoch = self.global_step - epoch * self.plan.steps_per_epoch
+        batches = self.feeder.epoch(epoch, done_in_epoch * self.accumulation)
+        for _ in range(self.plan.steps_per_epoch - done_in_epoch):
+            self.train_one_step(batches)
+            self.after_step(epoch)
+            if self.global_step >= self.plan.max_train_steps:
+                break
+
+    def train_one_step(self, batches) -> None:
+        process = self.accelerator.process_index
+        torch.manual_seed(derived_seed(self.args.seed, self.global_step, -1, process))  # dropout
+        micro_batches = []
+        for micro in range(self.accumulation):
+            generator = step_generator(self.accelerator.device, self.args.seed, self.global_step, micro, process)
+            micro_batches.append((self.feeder.augment(next(batches), generator), generator))
+        for key, value in self.objective.train_step(micro_batches).items():
+            self.sums[key] = self.sums.get(key, 0) + value
+        for scheduler in self.objective.lr_schedulers.values():
+            scheduler.step()
+        self.count += 1
+        self.images_in_interval += sum(len(images) for images, _ in micro_batches) * self.accelerator.num_processes
+        self.global_step += 1
+        self.progress.update(1)
+
+    def after_step(self, epoch: int) -> None:
+        args = self.args
+        if self.global_step % args.logging_steps == 0 or self.global_step == self.plan.max_train_steps:
+            self.log_training(epoch)
+        checkpoint_now = args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0
+        if checkpoint_now:
+            self.check_weights_finite()
+            state = {"global_step": self.global_step, "epoch": epoch,
+                     "elapsed_seconds": time.perf_counter() - self.run_start}
+            self.last_checkpoint = save_checkpoint(self.accelerator, args.output_dir, self.global_step,
+                                                   args.checkpoints_total_limit, state)
+
+    def log_training(self, epoch: int) -> None:
+        """Read the summed losses (the one host sync), check them, log them, reset the sums."""
+        accelerator = self.accelerator
+        self.last_train = {k: accelerator.reduce(v / self.count, "mean").item() for k, v in self.sums.items()}
+        self.check_finite(self.last_train)
+        lrs = {name: s.get_last_lr()[0] for name, s in self.objective.lr_schedulers.items()}
+        record = {"step": self.global_step, "epoch": epoch, **self.last_train, "lr": next(iter(lrs.values())),
+                  **({f"lr_{name}": lr for name, lr in lrs.items()} if len(lrs) > 1 else {}),
+                  "images_per_second": self.images_in_interval / (time.perf_counter() - self.interval_start)}
+        self.progress.set_postfix({k: f"{v:.4g}" for k, v in self.last_train.items()}, refresh=False)
+        self.metrics.log(record)
+        self.sums, self.count = {}, 0
+        self.interval_start, self.images_in_interval = time.perf_counter(), 0
+
+    # ------------------------------------------------------------------ finite checks
+
+    def check_finite(self, values: dict) -> None:
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            self.diverged(", ".join(f"{k} became {v}" for k, v in bad.items()))
+
+    def check_weights_finite(self) -> None:
+        if not self.objective.weights_finite():
+            self.diverged("the weights became non-finite")
+
+    def diverged(self, what: str) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint was saved yet")
+        raise TrainingDiverged(f"{what} by step {self.global_step}; stopping. {where}. Try a lower "
+                               "--learning_rate, --max_grad_norm 1, or bf16 instead of fp16.")
+
+    # ------------------------------------------------------------------ end of epoch: validation, curves, grids
+
+    def end_epoch(self, epoch: int) -> None:
+        accelerator, args = self.accelerator, self.args
+        if self.validation_images is not None:
+            self.last_val = self.validate()
+            self.check_finite(self.last_val)
+        self.metrics.log({"step": self.global_step, "epoch": epoch, **self.last_val,
+                          "elapsed_seconds": time.perf_counter() - self.run_start})
+        if accelerator.is_main_process:
+            from smallgen.plots import plot_loss_curves
+
+            plot_loss_curves(self.metrics.read(), os.path.join(args.output_dir, "loss_curves.png"),
+                             title=f"{self.objective.name} training and validation losses")
+        last_epoch = epoch == self.plan.num_epochs - 1 or self.global_step >= self.plan.max_train_steps
+        if accelerator.is_main_process and ((epoch + 1) % args.save_images_epochs == 0 or last_epoch):
+            self.save_sample_grids(f"epoch_{epoch:04d}")
+        accelerator.wait_for_everyone()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Batch-size-weighted mean of the objective's validation losses; batch b seeded by b."""
+        accelerator, images, batch = self.accelerator, self.validation_images, self.args.eval_batch_size
+        device, names = accelerator.device, self.objective.validation_names
+        if not names:
+            return {}
+        self.objective.train_mode(False)
+        totals: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), device=device)
+        for b, start in enumerate(range(0, len(images), batch)):
+            if b % accelerator.num_processes != accelerator.process_index:
+                continue
+            clean = uint8_to_model_range(images[start:start + batch].to(device))
+            for key, value in self.objective.validation_losses(clean, validation_generator(device, b)).items():
+                totals[key] = totals.get(key, torch.zeros((), device=device)) + value.float() * len(clean)
+            count += len(clean)
+        self.objective.train_mode(True)
+        stacked = torch.stack([totals.get(k, torch.zeros((), device=device)) for k in names] + [count])
+        stacked = accelerator.reduce(stacked, "sum")  # every process joins, even one with no batch
+        return {k: (stacked[i] / stacked[-1].clamp(min=1)).item() for i, k in enumerate(names)}
+
+    def save_sample_grids(self, tag: str) -> None:
+        from smallgen.plots import save_image_grid
+
+        self.sample_paths = []
+        for name, images in self.objective.sample_grids(self.args.num_sample_images, self.args.seed).items():
+            file = f"{tag}_{name}.png" if name else f"{tag}.png"
+            path = save_image_grid(images, os.path.join(self.args.output_dir, "samples", file))
+            self.sample_paths.append(os.path.relpath(path, self.args.output_dir))
+            self.metrics.log_images(f"samples/{name}" if name else "samples", images, self.global_step)
+
+    # ------------------------------------------------------------------ export
+
+    def finish(self) -> dict:
+        accelerator, args = self.accelerator, self.args
+        self.check_weights_finite()
+        results = {**self.last_train, **self.last_val, "global_step": self.global_step,
+                   "num_processes": accelerator.num_processes,
+                   "training_seconds": time.perf_counter() - self.run_start}
+        if accelerator.is_main_process:
+            self.export(results)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return results
+
+    def export(self, results: dict) -> None:
+        from smallgen.export import push_to_hub, write_model_card
+
+        args, say = self.args, self.accelerator.print
+        card = self.objective.export(args.output_dir)
+        save_json(os.path.join(args.output_dir, "results.json"), results)
+        data_values = {k: v for k, v in dataclasses.asdict(self.data_args).items() if v is not None}
+        write_model_card(args.output_dir, model_description=card.description, dataset=self.data_args.dataset_name,
+                         arguments={**card.arguments, **args.to_public_dict(), **data_values},
+                         metrics={k: v for k, v in results.items() if v is not None},
+                         sample_images=self.sample_paths, tags=card.tags, trust_remote_code=card.trust_remote_code,
+                         load_from=args.hub_model_id if args.push_to_hub and args.hub_model_id else args.output_dir)
+        say(f"pipeline saved to {args.output_dir}")
+        if args.push_to_hub:
+            repo_id = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
+            say(f"pushed to the Hub as {repo_id}")
+
+
+def train(data_args, model_args, args) -> dict:
+    """Check everything, then train, export the pipeline to ``args.output_dir`` and return the metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    resuming = args.resume_from_checkpoint is not None
+    set_seed(args.seed)  # before the networks are built: their initial weights come from it
+    objective = build_objective(data_args, model_args, args)
+    check_output_dir(args.output_dir, resuming, args.overwrite_output_dir)
+    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)))
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with accelerator.main_process_first():  # one process fills the datasets cache
+        data = load_image_datasets(data_args)
+    accelerator.print(f"data: {data.summary()}")
+    feeder = ImageFeeder(data.train, data.image_column, data_args, args, accelerator)
+    validation_images = None
+    if data.validation is not None and len(data.validation):
+        validation_images = decode_to_uint8(data.validation, data.image_column, data_args,
+                                            desc="loading validation images", show_progress=accelerator.is_main_process)
+        if feeder.on_device:
+            validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
+    trainer = Trainer(objective, accelerator, feeder, validation_images, resume_path, data_args, model_args, args)
+    if accelerator.is_main_process:  # everything above was checked: only now may the folder change
+        prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)
+    accelerator.wait_for_everyone()
+    return trainer.run()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from smallgen.config import parse_args
+    from smallgen.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        return train(*parse_args(argv))

@@ -1,0 +1,216 @@
+"""Plant known bugs one at a time and check that the tests guarding each claim catch them.
+
+    python tools/mutations.py             # every mutation: caught / survived / stale
+    python tools/mutations.py --list      # names and claims only
+    python tools/mutations.py --only step-noise-ignores-step lr-stepped-per-micro-batch
+
+Each mutation is a text substitution in one source file plus the tests that should fail once it
+is applied. The tree is copied to a temporary folder first (tracked and untracked, not ignored,
+files), so the working tree is never touched; the mutated file is restored after each run.
+"caught" means pytest reported failing tests (exit 1); an import error or collection error is
+reported as "error", not as caught. A mutation whose text is no longer found is "stale": update
+it when the code moves (docs/claims.md explains the list).
+
+Not part of the default test run: it runs a few tests per mutation (minutes in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    claim: str
+    path: str
+    edits: tuple[tuple[str, str], ...]  # (old, new): each old must occur exactly once
+    tests: tuple[str, ...]
+
+
+def m(name, claim, path, edits, tests):
+    return Mutation(name, claim, path, tuple(edits), tuple(tests))
+
+
+CLAIMS = "tests/test_claims.py"
+TRAINING = "tests/test_training.py"
+BASELINES = "tests/test_baselines.py"
+
+MUTATIONS = [
+    m("step-noise-ignores-step", "noise, timesteps and flips are seeded by (seed, step, micro-batch, process)",
+      "smallgen/trainer.py",
+      [("self.args.seed, self.global_step, micro, process)", "self.args.seed, 0, micro, process)")],
+      [f"{CLAIMS}::test_every_step_draws_fresh_noise"]),
+    m("step-noise-ignores-step-baselines", "the same, for the baselines", "smallgen/trainer.py",
+      [("self.args.seed, self.global_step, micro, process)",
+        "self.args.seed, self.global_step if self.objective.name == 'ddpm' else 0, micro, process)")],
+      [f"{CLAIMS}::test_every_step_draws_fresh_noise"]),
+    m("lr-stepped-per-micro-batch", "the lr schedule counts optimizer steps", "smallgen/trainer.py",
+      [("            micro_batches.append((self.feeder.augment(next(batches), generator), generator))\n",
+        "            micro_batches.append((self.feeder.augment(next(batches), generator), generator))\n"
+        "            [s.step() for s in self.objective.lr_schedulers.values()]\n")],
+      [f"{CLAIMS}::test_lr_schedule_counts_optimizer_steps"]),
+    m("validation-images-flipped", "validation loss is measured on the validation images as they are",
+      "smallgen/trainer.py",
+      [("            clean = uint8_to_model_range(images[start:start + batch].to(device))\n",
+        "            clean = __import__('smallgen.data', fromlist=['_']).random_hflip(\n"
+        "                uint8_to_model_range(images[start:start + batch].to(device)))\n")],
+      [f"{CLAIMS}::test_validation_loss_uses_the_validation_images_as_they_are"]),
+    m("cache-key-without-resolution", "reference features cached by dataset, split, resolution, count, weights",
+      "smallgen/evaluation.py", [("-{resolution}px", "")],
+      [f"{CLAIMS}::test_reference_cache_key_names_dataset_split_resolution_count_and_seed"]),
+    m("cache-name-without-weights", "the cache name includes the Inception weights", "smallgen/evaluation.py",
+      [('f"{cache_name}-{weights.tag}"', "cache_name")],
+      [f"{CLAIMS}::test_reference_cache_name_includes_the_weights"]),
+    m("checkpoint-written-in-place", "a kill during a save never leaves a broken latest checkpoint",
+      "smallgen/checkpoints.py",
+      [("    tmp = Path(output_dir) / f\"{CHECKPOINT_PREFIX}{step}.tmp\"\n", "    tmp = final\n"),
+       ("        if final.exists():\n            shutil.rmtree(final)\n        os.replace(tmp, final)\n", "")],
+      [f"{CLAIMS}::test_a_failed_save_never_leaves_a_checkpoint_folder"]),
+    m("no-finite-check-before-checkpoint", "a NaN never reaches a checkpoint", "smallgen/trainer.py",
+      [("        if checkpoint_now:\n            self.check_weights_finite()\n", "        if checkpoint_now:\n")],
+      [f"{CLAIMS}::test_no_nan_reaches_a_checkpoint_between_logging_steps",
+       f"{CLAIMS}::test_an_inf_gradient_at_a_checkpoint_step_is_never_saved"]),
+    m("baselines-nan-stop-disabled", "a NaN/inf stops the run, for every model type", "smallgen/trainer.py",
+      [("if not math.isfinite(v)}", "if not math.isfinite(v) and self.objective.name == 'ddpm'}"),
+       ("        if not self.objective.weights_finite():",
+        "        if not self.objective.weights_finite() and self.objective.name == 'ddpm':")],
+      [f"{CLAIMS}::test_baselines_stop_on_divergence"]),
+    m("ema-not-exported", "the exported weights are the EMA weights (--use_ema)", "smallgen/objectives/diffusion.py",
+      [("            self.ema.copy_to(model.parameters())\n", "            pass\n")],
+      [f"{TRAINING}::test_tiny_run_writes_a_loadable_pipeline"]),
+    m("ema-not-checkpointed", "exact resume includes the EMA", "smallgen/objectives/diffusion.py",
+      [('        return {"ema": self.ema}', "        return {}")],
+      [f"{TRAINING}::test_resume_is_exact"]),
+    m("dropout-not-reseeded", "dropout resumes exactly (the global RNG is reseeded every step)",
+      "smallgen/trainer.py",
+      [("        torch.manual_seed(derived_seed(self.args.seed, self.global_step, -1, process))  # dropout\n", "")],
+      [f"{TRAINING}::test_resume_is_exact"]),
+    m("data-order-ignores-epoch", "data order is a pure function of (seed, epoch)", "smallgen/data.py",
+      [("manual_seed(self.seed * 1_000_003 + epoch)", "manual_seed(self.seed * 1_000_003)")],
+      ["tests/test_data.py::test_shuffled_index_batches_are_deterministic_and_sharded"]),
+    m("token-written-down", "the hub token is never written to disk", "smallgen/config.py",
+      [('values.pop("hub_token")', 'values.get("hub_token")')],
+      [f"{TRAINING}::test_tiny_run_writes_a_loadable_pipeline"]),
+    m("output-dir-overwritten", "an existing --output_dir is not overwritten without --overwrite_output_dir",
+      "smallgen/checkpoints.py", [("and not resuming and not overwrite:", "and False:")],
+      [f"{TRAINING}::test_existing_output_dir_is_not_overwritten"]),
+    m("output-dir-cleared-before-checks", "a bad argument leaves the old run folder byte-identical",
+      "smallgen/trainer.py",
+      [("    objective = build_objective(data_args, model_args, args)\n    check_output_dir(",
+        "    prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)\n"
+        "    objective = build_objective(data_args, model_args, args)\n    check_output_dir(")],
+      [f"{TRAINING}::test_bad_arguments_leave_the_old_run_untouched"]),
+    m("resume-steps-past-the-end", "resuming a finished run does no step and writes nothing", "smallgen/trainer.py",
+      [("        if self.global_step >= self.plan.max_train_steps and self.resume_path is not None:\n"
+        "            return self.finished_already()\n", "")],
+      [f"{TRAINING}::test_resuming_a_finished_run_changes_nothing"]),
+    m("sample-noise-per-batch", "image i depends only on (seed, i), whatever the batch size", "smallgen/seeding.py",
+      [("    return [torch.Generator(device).manual_seed(derived_seed(seed, i)) for i in indices]",
+        "    indices = list(indices)\n"
+        "    return [torch.Generator(device).manual_seed(derived_seed(seed, indices[0]))] * len(indices)")],
+      ["tests/test_sampling.py::test_images_do_not_depend_on_the_batch_size"]),
+    m("models-import-smallgen", "models/ imports nothing from smallgen/", "models/unet.py",
+      [("from pathlib import Path\n", "from pathlib import Path\n\nfrom smallgen.errors import ConfigError  # noqa: F401\n")],
+      ["tests/test_structure.py::test_networks_and_math_import_no_plumbing"]),
+    m("import-cycle", "no import cycles in models/, pipelines/, smallgen/", "smallgen/files.py",
+      [("def read_json(", "def _cycle():\n    from smallgen.checkpoints import list_checkpoints  # noqa: F401\n\n\n"
+                          "def read_json(")],
+      ["tests/test_structure.py::test_no_import_cycles"]),
+]
+
+
+def copy_tree(destination: Path) -> None:
+    """Tracked and untracked (not ignored) files, as git sees them."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def apply(text: str, mutation: Mutation) -> str | None:
+    for old, new in mutation.edits:
+        if text.count(old) != 1:
+            return None
+        text = text.replace(old, new)
+    return text
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "timed out"
+    return result.returncode, result.stdout[-1500:] + result.stderr[-1500:]
+
+
+def check_mutation(tree: Path, mutation: Mutation, timeout: int) -> tuple[str, str]:
+    path = tree / mutation.path
+    if not path.exists():
+        return "stale", f"{mutation.path} does not exist"
+    original = path.read_text()
+    mutated = apply(original, mutation)
+    if mutated is None:
+        return "stale", "its text is not found exactly once: update the mutation"
+    path.write_text(mutated)
+    try:
+        code, output = run_tests(tree, mutation.tests, timeout)
+    finally:
+        path.write_text(original)
+    verdict = {1: "caught", 0: "survived"}.get(code, "error")
+    return verdict, output
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", help="Run only these mutations (names).")
+    parser.add_argument("--list", action="store_true", help="List the mutations and exit.")
+    parser.add_argument("--timeout", type=int, default=900, help="Seconds per mutation.")
+    parser.add_argument("--verbose", action="store_true", help="Print pytest's output for every mutation.")
+    args = parser.parse_args(argv)
+    chosen = [mu for mu in MUTATIONS if not args.only or mu.name in args.only]
+    unknown = set(args.only or ()) - {mu.name for mu in MUTATIONS}
+    if unknown:
+        parser.error(f"unknown mutation(s): {', '.join(sorted(unknown))}")
+    if args.list:
+        for mu in chosen:
+            print(f"{mu.name:40s} {mu.claim}")
+        return 0
+    verdicts = {}
+    with tempfile.TemporaryDirectory(prefix="smallgen-mutations-") as folder:
+        tree = Path(folder)
+        copy_tree(tree)
+        code, output = run_tests(tree, ("tests/test_claims.py::test_lr_schedule_counts_optimizer_steps",), args.timeout)
+        if code != 0:  # the unmutated tree must pass, or every verdict below means nothing
+            print(f"the unmutated copy fails its tests:\n{output}")
+            return 2
+        for mutation in chosen:
+            start = time.perf_counter()
+            verdict, output = check_mutation(tree, mutation, args.timeout)
+            verdicts[mutation.name] = verdict
+            print(f"{verdict:9s} {mutation.name:40s} {time.perf_counter() - start:6.1f}s  {mutation.claim}", flush=True)
+            if args.verbose or verdict in ("error", "survived"):
+                print("    " + output.strip().replace("\n", "\n    "))
+    counts = {v: list(verdicts.values()).count(v) for v in ("caught", "survived", "stale", "error")}
+    print(", ".join(f"{n} {v}" for v, n in counts.items()))
+    return 0 if counts["caught"] == len(verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
