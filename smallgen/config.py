@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 
 from models.schedulers import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
-from smallgen.data import INTERPOLATIONS
 from smallgen.errors import ConfigError, DataError
 from smallgen.objectives import MODEL_TYPES
 
@@ -22,6 +21,7 @@ BETA_SCHEDULE_CHOICES = BETA_SCHEDULES  # the math defines what exists
 PREDICTION_TYPE_CHOICES = PREDICTION_TYPES
 VARIANCE_TYPE_CHOICES = VARIANCE_TYPES
 LR_SCHEDULER_CHOICES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # resize filters (PIL)
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 LOGGER_CHOICES = ("tensorboard", "wandb", "none")
 BASELINE_LATENT_DIMS = {"vae": 128, "dcgan": 100, "vaegan": 256}  # seeds 002/003

@@ -22,16 +22,13 @@ import dataclasses
 import io
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from smallgen.config import DataArguments
 from smallgen.errors import DataError
-
-if TYPE_CHECKING:  # the arguments live with the other flags; data only reads them
-    from smallgen.config import DataArguments
 
 SPRITES_IMAGES_FILE = "sprites_1788_16x16.npy"
 SPRITES_LABELS_FILE = "sprite_labels_nc_1788_16x16.npy"
@@ -39,7 +36,6 @@ SPRITES_CLASS_NAMES = ("hero", "non-hero", "food", "spell", "side-facing")
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "picture", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "fine_label")
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from smallgen.config import MIXED_PRECISION_CHOICES, DataArguments
-from smallgen.data import INTERPOLATIONS, decode_image, decode_to_uint8, load_split, to_rgb
+from smallgen.config import INTERPOLATIONS, MIXED_PRECISION_CHOICES, DataArguments
+from smallgen.data import decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
 
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++")

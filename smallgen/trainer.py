@@ -273,7 +273,7 @@ class Trainer:
     # ------------------------------------------------------------------ export
 
     def finish(self) -> dict:
-        accelerator, args = self.accelerator, self.args
+        accelerator = self.accelerator
         self.check_weights_finite()
         results = {**self.last_train, **self.last_val, "global_step": self.global_step,
                    "num_processes": accelerator.num_processes,
