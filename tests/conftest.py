@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -25,3 +26,27 @@ def requires_shared_cifar10():
         not (SHARED_CIFAR10 / "plain_text").exists(),
         reason=f"full CIFAR-10 parquet not found at {SHARED_CIFAR10} (see ../shared/data/README.md)",
     )
+
+
+@pytest.fixture(scope="module")
+def sprites_dir(tmp_path_factory):
+    """48 generated sprites in the course's .npy format (36 train + 12 validation at 0.25)."""
+    from smallgen.testing import write_sprites_npy
+
+    folder = tmp_path_factory.mktemp("sprites")
+    write_sprites_npy(str(folder), num_images=48, seed=0)
+    return folder
+
+
+def write_tiny_unet_config(folder: Path, dropout: float) -> Path:
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=dropout)
+    path = folder / "unet.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_config(tmp_path_factory):
+    """A two-level UNet with dropout (the dropout RNG must resume too)."""
+    return write_tiny_unet_config(tmp_path_factory.mktemp("cfg"), dropout=0.1)

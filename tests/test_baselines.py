@@ -14,15 +14,6 @@ from tests.conftest import ROOT
 from tests.test_training import run_training, tiny_args
 
 
-@pytest.fixture(scope="module")
-def sprites_dir(tmp_path_factory):
-    from smallgen.testing import write_sprites_npy
-
-    folder = tmp_path_factory.mktemp("sprites")
-    write_sprites_npy(str(folder), num_images=48, seed=0)
-    return folder
-
-
 def baseline_args(data_dir, output_dir, model_type, **overrides):
     base = dict(model_type=model_type, model_config_name_or_path=None, base_channels=8, latent_dim=16,
                 learning_rate=2e-4, adam_beta1=0.5, lr_warmup_steps=0, lr_scheduler="constant")

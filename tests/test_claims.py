@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from smallgen.data import SPRITES_IMAGES_FILE
 from smallgen.testing import write_sprites_npy
+from tests.conftest import write_tiny_unet_config
 from tests.test_training import run_training, tiny_args
 
 TINIEST_LR = 1e-20  # an "update" this small leaves float32 weights unchanged: every step sees the same network
@@ -29,13 +30,7 @@ def identical_images_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def no_dropout_unet_config(tmp_path_factory):
-    from tests.conftest import ROOT
-
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.0)
-    path = tmp_path_factory.mktemp("cfg") / "unet.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_tiny_unet_config(tmp_path_factory.mktemp("cfg"), dropout=0.0)
 
 
 def _metrics(out):
@@ -222,24 +217,6 @@ def test_baselines_stop_on_divergence(sprites_dir, tmp_path, model_type):
     with pytest.raises(TrainingDiverged):
         run_training(tiny_args(sprites_dir, None, out, **_diverging(**BASELINE_OVERRIDES, model_type=model_type)))
     _assert_checkpoints_finite(out)
-
-
-@pytest.fixture(scope="module")
-def sprites_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sprites")
-    write_sprites_npy(str(folder), num_images=48, seed=0)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_unet_config(tmp_path_factory):
-    from tests.conftest import ROOT
-
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.1)
-    path = tmp_path_factory.mktemp("cfg") / "unet.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 class _InfiniteGradient(torch.autograd.Function):

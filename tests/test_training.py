@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from smallgen.checkpoints import list_checkpoints, resolve_resume_checkpoint
 from smallgen.errors import ConfigError, UserError
-from smallgen.testing import write_sprites_npy
 from smallgen.trainer import TrainingDiverged
 from tests.conftest import ROOT
 
@@ -25,22 +24,6 @@ def run_training(argv):
     from smallgen.trainer import train
 
     return train(*parse_args([str(a) for a in argv]))  # UserErrors propagate (main() turns them into exit 2)
-
-
-@pytest.fixture(scope="module")
-def sprites_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sprites")
-    write_sprites_npy(str(folder), num_images=48, seed=0)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_unet_config(tmp_path_factory):
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(block_out_channels=[16, 32], norm_num_groups=8, dropout=0.1)  # dropout: RNG must resume too
-    path = tmp_path_factory.mktemp("cfg") / "unet.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def tiny_args(data_dir, config, output_dir, **overrides):
@@ -393,3 +376,33 @@ def _launch_two_processes(argv, timeout=600):
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
     )
+
+
+@pytest.mark.parametrize("model_type", ["ddpm", "vae", "dcgan", "vaegan"])
+def test_exact_resume_after_kill_9(sprites_dir, tiny_unet_config, tmp_path, model_type):
+    """A process killed with SIGKILL mid-run resumes from its latest checkpoint to the straight result."""
+    import signal
+    import time
+
+    extra = {} if model_type == "ddpm" else dict(model_type=model_type, model_config_name_or_path=None,
+                                                   base_channels=8, latent_dim=16, adam_beta1=0.5)
+    common = dict(max_train_steps=24, checkpointing_steps=4, checkpoints_total_limit=2, random_flip=True,
+                  logging_steps=10, **extra)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
+    argv = tiny_args(sprites_dir, tiny_unet_config, killed, **common)
+    process = subprocess.Popen([sys.executable, "train_unconditional.py", *argv], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list_checkpoints(str(killed)) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = list_checkpoints(str(killed))
+    assert done and int(done[-1].name.split("-")[1]) < 24, "killed before the end, after a checkpoint"
+    assert not (killed / "model_index.json").exists()
+    run_training(tiny_args(sprites_dir, tiny_unet_config, killed, resume_from_checkpoint="latest", **common))
+    for name in sorted(p.name for p in (straight / "checkpoint-24").glob("model*.safetensors")):
+        a, b = load_file(straight / "checkpoint-24" / name), load_file(killed / "checkpoint-24" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -115,6 +115,9 @@ MUTATIONS = [
       [("        if self.global_step >= self.plan.max_train_steps and self.resume_path is not None:\n"
         "            return self.finished_already()\n", "")],
       [f"{TRAINING}::test_resuming_a_finished_run_changes_nothing"]),
+    m("resume-ignores-checkpoint", "after kill -9, resuming from the latest checkpoint ends where a straight run does",
+      "smallgen/checkpoints.py", [("    accelerator.load_state(str(path))\n", "")],
+      [f"{TRAINING}::test_exact_resume_after_kill_9"]),
     m("sample-noise-per-batch", "image i depends only on (seed, i), whatever the batch size", "smallgen/seeding.py",
       [("    return [torch.Generator(device).manual_seed(derived_seed(seed, i)) for i in indices]",
         "    indices = list(indices)\n"
