@@ -307,24 +307,22 @@ def decode_image(value, where: str) -> Image.Image:
 
 def resize_and_crop(image: Image.Image, resolution: int, interpolation: str, center_crop: bool,
                     rng: np.random.Generator | None = None) -> Image.Image:
-    """Resize the shorter side to ``resolution`` (only if needed) and crop the square.
+    """Resize the shorter side to ``resolution`` (only if needed) and crop the square (torchvision).
 
-    The crop is centred when ``center_crop`` or when no ``rng`` is given; else random.
+    The crop is centred when ``center_crop`` or when no ``rng`` is given; else random, drawn from
+    ``rng`` so that a seeded transform crops the same way every run.
     """
+    from torchvision.transforms import v2
+
+    if min(image.size) != resolution:
+        image = v2.functional.resize(image, [resolution], interpolation=v2.InterpolationMode[interpolation.upper()])
     width, height = image.size
-    if min(width, height) != resolution:
-        scale = resolution / min(width, height)
-        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-        image = image.resize(size, resample=getattr(Image.Resampling, interpolation.upper()))
-        width, height = image.size
-    if (width, height) != (resolution, resolution):
-        if center_crop or rng is None:
-            left, top = (width - resolution) // 2, (height - resolution) // 2
-        else:
-            left = int(rng.integers(0, width - resolution + 1))
-            top = int(rng.integers(0, height - resolution + 1))
-        image = image.crop((left, top, left + resolution, top + resolution))
-    return image
+    if (width, height) == (resolution, resolution):
+        return image
+    if center_crop or rng is None:
+        return v2.functional.center_crop(image, [resolution, resolution])
+    top, left = int(rng.integers(0, height - resolution + 1)), int(rng.integers(0, width - resolution + 1))
+    return v2.functional.crop(image, top, left, resolution, resolution)
 
 
 def uint8_to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -230,6 +230,19 @@ def test_two_processes_really_run_and_resume_exactly(sprites_dir, tiny_unet_conf
     b = load_file(resumed / "checkpoint-6" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], v) for k, v in load_file(straight / "checkpoint-3" / "model.safetensors").items())
+    # One process of batch 8 sees the same images every step; only the noise draws differ, so the
+    # validation losses agree closely while training moves them far more.
+    single = tmp_path / "single"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, single, **{**common, "train_batch_size": 8}))
+
+    def val_losses(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return {m["step"]: m["val_loss"] for m in records if m.get("val_loss") is not None}
+
+    two, one = val_losses(straight), val_losses(single)
+    assert two.keys() == one.keys() == {4, 6}
+    assert all(abs(two[s] / one[s] - 1) < 0.03 for s in two), (two, one)
+    assert abs(two[6] / two[4] - 1) > 0.05  # training moved the loss more than the two runs differ
 
 
 def test_two_processes_share_each_global_batch():
