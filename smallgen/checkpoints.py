@@ -1,24 +1,76 @@
 """The run folder and its checkpoints.
 
 * An existing ``--output_dir`` with files is refused unless ``--overwrite_output_dir`` or a resume.
-* Checkpoints are written to ``checkpoint-N.tmp`` and renamed, so a kill or a full disk during a
-  save leaves the previous checkpoint as the latest; a folder without its ``training_state.json``
-  is never taken as a checkpoint.
-* A checkpoint holds the accelerator's state (weights as safetensors, optimizers, registered
-  objects such as lr schedules and the EMA) and ``training_state.json`` (step, epoch, elapsed).
+* A checkpoint holds only safetensors and JSON, nothing that ``pickle`` reads, so resuming a
+  checkpoint from someone else cannot run code: one ``<network>.safetensors`` per network (plain
+  state dicts), ``training_state.safetensors`` with every other tensor (optimizer moments, EMA
+  weights) and ``training_state.json`` with the rest (step, epoch, elapsed time, lr-schedule and
+  EMA counters, optimizer hyper-parameters, model type, resolution, seed) and where each tensor goes.
+* Checkpoints are written to ``checkpoint-N.tmp`` and renamed, the JSON last: a kill or a full
+  disk during a save leaves the previous checkpoint as the latest. ``latest`` skips a newest
+  checkpoint that is incomplete or corrupt, with a warning; a named one is refused with the reason.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
+
+import torch
 
 from smallgen.errors import UserError
 from smallgen.files import read_json, save_json
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
+TENSORS_FILE = "training_state.safetensors"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be read or written."""
+
+
+# ----------------------------------------------------------------------------- state dicts as JSON + tensors
+
+
+def encode_state(value, key: str, tensors: dict):
+    """A state_dict as a JSON tree; tensors go to ``tensors`` under dotted keys."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, dict):  # keys may be ints (optimizer state): keep their type
+        return {"__dict__": [[k, encode_state(v, f"{key}.{k}", tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        items = [encode_state(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} at {key} in a checkpoint")
+
+
+def decode_state(tree, tensors: dict):
+    if isinstance(tree, list):
+        return [decode_state(v, tensors) for v in tree]
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__tuple__" in tree:
+            return tuple(decode_state(v, tensors) for v in tree["__tuple__"])
+        return {k: decode_state(v, tensors) for k, v in tree["__dict__"]}
+    return tree
+
+
+def stateful_parts(objective, accelerator) -> dict:
+    """Everything besides the networks that a resume needs, by name (each has state_dict/load_state_dict)."""
+    parts = {f"optimizer.{name}": opt for name, opt in objective.optimizers.items()}
+    parts.update({f"lr_schedule.{name}": s for name, s in objective.lr_schedulers.items()})
+    parts.update(objective.checkpoint_objects())
+    if getattr(accelerator, "scaler", None) is not None:
+        parts["grad_scaler"] = accelerator.scaler
+    return parts
 
 
 def list_checkpoints(output_dir: str) -> list[Path]:
@@ -32,15 +84,47 @@ def list_checkpoints(output_dir: str) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from (missing or unreadable files), or None if it looks whole."""
+    from safetensors import safe_open
+
+    try:
+        info = read_json(str(path / TRAINING_STATE_FILE))
+    except FileNotFoundError:
+        return f"no {TRAINING_STATE_FILE}"
+    except (OSError, ValueError) as exc:
+        return f"{TRAINING_STATE_FILE} is unreadable ({exc})"
+    if info.get("format") != FORMAT_VERSION:
+        return (f"it is not in this version's checkpoint format (format {info.get('format')!r}, expected "
+                f"{FORMAT_VERSION}; checkpoints of older versions held pickles and cannot be resumed)")
+    for name in [f"{n}.safetensors" for n in info.get("networks", [])] + [TENSORS_FILE]:
+        try:
+            with safe_open(str(path / name), "pt") as handle:
+                handle.keys()
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
+            return f"{name} is damaged ({exc})"
+    return None
+
+
 def resolve_resume_checkpoint(resume: str | None, output_dir: str) -> Path | None:
+    """The checkpoint to resume from: a named one (refused if damaged) or the newest whole one."""
     if resume is None:
         return None
     if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        for candidate in reversed(list_checkpoints(output_dir)):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                return candidate
+            print(f"warning: skipping {candidate}: {problem}", file=sys.stderr, flush=True)
+        return None
     path = Path(resume)
-    if not path.is_dir() or not (path / TRAINING_STATE_FILE).exists():
-        raise UserError(f"--resume_from_checkpoint {resume!r} is not a checkpoint folder (no {TRAINING_STATE_FILE})")
+    if not path.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {resume!r} is not a checkpoint folder")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"cannot resume from {resume}: {problem}")
     return path
 
 
@@ -73,19 +157,37 @@ def prepare_output_dir(output_dir: str, logging_dir: str, resuming: bool, overwr
         shutil.rmtree(leftover, ignore_errors=True)  # a save that was interrupted
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None, state: dict) -> Path:
-    """Write ``checkpoint-<step>`` atomically (every process calls this) and prune old ones."""
+def save_checkpoint(objective, accelerator, output_dir: str, step: int, total_limit: int | None,
+                    info: dict) -> Path:
+    """Write ``checkpoint-<step>`` atomically (every process calls this; the main one writes)."""
+    from safetensors.torch import save_file
+
     final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     tmp = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
-        save_json(str(tmp / TRAINING_STATE_FILE), state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            for name, network in objective.networks.items():
+                weights = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(network).state_dict().items()}
+                save_file(weights, str(tmp / f"{name}.safetensors"))
+            tensors: dict = {}
+            tree = {name: encode_state(part.state_dict(), name, tensors)
+                    for name, part in stateful_parts(objective, accelerator).items()}
+            save_file(tensors, str(tmp / TENSORS_FILE))
+            save_json(str(tmp / TRAINING_STATE_FILE), {**info, "format": FORMAT_VERSION,
+                                                         "networks": list(objective.networks), "state": tree})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = list_checkpoints(output_dir)
+            kept = f"the latest checkpoint is still {previous[-1]}" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(f"could not write {final} ({exc}); {kept}. Free some space and resume with "
+                                  "--resume_from_checkpoint latest.") from None
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old)
@@ -93,7 +195,31 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
-    """Restore the accelerator's state from ``path``; returns its training state."""
-    accelerator.load_state(str(path))
-    return read_json(str(path / TRAINING_STATE_FILE))
+def load_checkpoint(objective, accelerator, path: Path, expected: dict) -> dict:
+    """Restore networks and training state from ``path`` (safetensors and JSON only); returns its info.
+
+    ``expected`` (model_type, resolution, ...) must match what the checkpoint was written by.
+    """
+    from safetensors.torch import load_file
+
+    info = read_json(str(path / TRAINING_STATE_FILE))
+    differs = {k: (info.get(k), v) for k, v in expected.items() if info.get(k) != v}
+    if differs:
+        raise CheckpointError(f"{path} belongs to another kind of run: " + ", ".join(
+            f"{k} {saved!r} there, {wanted!r} here" for k, (saved, wanted) in differs.items()))
+    known = {TRAINING_STATE_FILE, TENSORS_FILE, *(f"{n}.safetensors" for n in info["networks"])}
+    ignored = sorted(p.name for p in path.iterdir() if p.name not in known)
+    if ignored:
+        print(f"warning: ignoring {', '.join(ignored)} in {path} (checkpoints hold only safetensors and JSON)",
+              file=sys.stderr, flush=True)
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)  # safetensors refuses cpu:0
+    try:
+        for name, network in objective.networks.items():
+            accelerator.unwrap_model(network).load_state_dict(load_file(str(path / f"{name}.safetensors"), device))
+        tensors = load_file(str(path / TENSORS_FILE), device)
+        for name, part in stateful_parts(objective, accelerator).items():
+            part.load_state_dict(decode_state(info["state"][name], tensors))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path} does not fit this run's networks or optimizers ({type(exc).__name__}: "
+                              f"{str(exc)[:300]})") from None
+    return info

@@ -100,13 +100,9 @@ class Trainer:
     def setup(self) -> None:
         accelerator = self.accelerator
         self.objective.setup(accelerator, self.plan.max_train_steps)
-        for scheduler in self.objective.lr_schedulers.values():
-            accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
-        for extra in self.objective.checkpoint_objects().values():
-            accelerator.register_for_checkpointing(extra)
         accelerator.print(f"model: {self.objective.name}, {self.objective.describe()}")
         if self.resume_path is not None:
-            state = load_checkpoint(accelerator, self.resume_path)
+            state = load_checkpoint(self.objective, accelerator, self.resume_path, self.identity())
             self.global_step = state["global_step"]
             self.first_epoch = self.global_step // self.plan.steps_per_epoch
             self.elapsed_before = state.get("elapsed_seconds", 0.0)
@@ -181,10 +177,17 @@ class Trainer:
         checkpoint_now = args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0
         if checkpoint_now:
             self.check_weights_finite()
-            state = {"global_step": self.global_step, "epoch": epoch,
-                     "elapsed_seconds": time.perf_counter() - self.run_start}
-            self.last_checkpoint = save_checkpoint(self.accelerator, args.output_dir, self.global_step,
-                                                   args.checkpoints_total_limit, state)
+            self.save(epoch)
+
+    def identity(self) -> dict:
+        """What a checkpoint must have been written by to be resumed here."""
+        return {"model_type": self.objective.name, "resolution": self.data_args.resolution}
+
+    def save(self, epoch: int) -> None:
+        info = {"global_step": self.global_step, "epoch": epoch, "seed": self.args.seed,
+                "elapsed_seconds": time.perf_counter() - self.run_start, **self.identity()}
+        self.last_checkpoint = save_checkpoint(self.objective, self.accelerator, self.args.output_dir,
+                                               self.global_step, self.args.checkpoints_total_limit, info)
 
     def log_training(self, epoch: int) -> None:
         """Read the summed losses (the one host sync), check them, log them, reset the sums."""

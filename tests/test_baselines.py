@@ -134,8 +134,9 @@ def test_baseline_training_resumes_exactly(sprites_dir, tmp_path, model_type):
     last_a = sorted(straight.glob("checkpoint-*"))[-1]
     last_b = sorted(resumed.glob("checkpoint-*"))[-1]
     assert last_a.name == last_b.name == "checkpoint-6"
-    names = sorted(p.name for p in last_a.glob("model*.safetensors"))
-    assert names == (["model.safetensors"] if model_type == "vae" else ["model.safetensors", "model_1.safetensors"])
+    names = sorted(p.name for p in last_a.glob("*.safetensors"))  # every network, optimizer and lr schedule
+    networks = {"vae": ["vae"], "dcgan": ["discriminator", "generator"], "vaegan": ["discriminator", "vae"]}[model_type]
+    assert names == sorted([f"{n}.safetensors" for n in networks] + ["training_state.safetensors"])
     for name in names:
         x, y = load_file(last_a / name), load_file(last_b / name)
         assert all(torch.equal(x[k], y[k]) for k in x), name

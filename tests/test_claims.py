@@ -176,11 +176,15 @@ def test_a_failed_save_never_leaves_a_checkpoint_folder(sprites_dir, tiny_unet_c
         return real_dump(obj, fp, *args, **kwargs)
 
     monkeypatch.setattr(json, "dump", dump_failing_at_step_4)
-    with pytest.raises(OSError, match="simulated"):
+    from smallgen.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"could not write .*checkpoint-4 \(.*No space left on device "
+                                              r"\(simulated\)\); the latest checkpoint is still .*checkpoint-2"):
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=2))
     monkeypatch.setattr(json, "dump", real_dump)
     assert (out / "checkpoint-2").is_dir()
     assert not (out / "checkpoint-4").exists(), "a half-written checkpoint-4 would be taken as the latest"
+    assert not (out / "checkpoint-4.tmp").exists()  # cleaned up, not left to fill the disk
     run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=2,
                            resume_from_checkpoint="latest"))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
@@ -254,3 +258,85 @@ def test_an_inf_gradient_at_a_checkpoint_step_is_never_saved(sprites_dir, tiny_u
                                logging_steps=100, max_grad_norm=0))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     _assert_checkpoints_finite(out)
+
+
+class _Trap:
+    """Unpickling this creates ``marker``: proof that a checkpoint file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_a_checkpoint_cannot_run_code(sprites_dir, tiny_unet_config, tmp_path, capfd):
+    """Every checkpoint file replaced in turn by a code-running pickle: resuming never unpickles it."""
+    import pickle
+    import shutil
+
+    from smallgen.errors import UserError
+
+    marker = tmp_path / "code-ran"
+    payload = pickle.dumps(_Trap(str(marker)))
+    pickle.loads(payload)  # the trap is live: unpickling it does create the marker
+    assert marker.exists()
+    marker.unlink()
+    source = tmp_path / "source"
+    common = dict(max_train_steps=3, checkpointing_steps=1, use_ema=True)
+    run_training(tiny_args(sprites_dir, tiny_unet_config, source, **{**common, "max_train_steps": 2}))
+    names = sorted(p.name for p in (source / "checkpoint-2").iterdir())
+    assert names == ["training_state.json", "training_state.safetensors", "unet.safetensors"]
+    for name in [*names, "random_states_0.pkl", "optimizer.bin"]:  # the last two: extra files, as accelerate wrote
+        for resume in ("latest", "named"):
+            run = tmp_path / f"{name}-{resume}"
+            shutil.copytree(source, run)
+            (run / "checkpoint-2" / name).write_bytes(payload)
+            where = "latest" if resume == "latest" else str(run / "checkpoint-2")
+            try:
+                run_training(tiny_args(sprites_dir, tiny_unet_config, run, resume_from_checkpoint=where, **common))
+                outcome = "resumed"
+            except UserError as error:
+                outcome = str(error)
+                assert "checkpoint-2" in outcome and name in outcome, outcome
+            assert not marker.exists(), f"{name} ({resume}) was unpickled"
+            if name in names and resume == "latest":  # the damaged newest is skipped, the one before used
+                assert outcome == "resumed" and f"skipping {run / 'checkpoint-2'}" in capfd.readouterr().err
+            if name not in names:  # extra files are ignored, and named in a warning
+                assert outcome == "resumed" and f"ignoring {name}" in capfd.readouterr().err
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_latest(sprites_dir, tiny_unet_config, tmp_path):
+    """SIGKILL right after the first file of checkpoint-4 is written: no checkpoint-4, resume from 2."""
+    import os
+    import subprocess
+    import sys
+
+    from smallgen.checkpoints import list_checkpoints, resolve_resume_checkpoint
+    from tests.conftest import ROOT
+
+    out = tmp_path / "run"
+    argv = [str(a) for a in tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=2)]
+    killer = (
+        "import os, sys, safetensors.torch as st\n"
+        "write = st.save_file\n"
+        "def save_file(tensors, filename, *args, **kwargs):\n"
+        "    write(tensors, filename, *args, **kwargs)\n"
+        "    if 'checkpoint-4' in str(filename):\n"
+        "        os.kill(os.getpid(), 9)\n"
+        "st.save_file = save_file\n"
+        "from smallgen.trainer import main\n"
+        f"main({argv!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", killer], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert not (out / "checkpoint-4").exists(), "a half-written checkpoint-4 would be taken as the latest"
+    assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-2"]
+    assert resolve_resume_checkpoint("latest", str(out)).name == "checkpoint-2"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=2,
+                           resume_from_checkpoint="latest"))
+    assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert not list(out.glob("*.tmp"))

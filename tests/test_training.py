@@ -26,6 +26,13 @@ def run_training(argv):
     return train(*parse_args([str(a) for a in argv]))  # UserErrors propagate (main() turns them into exit 2)
 
 
+def ema_weights(checkpoint):
+    """The EMA weights stored in a checkpoint, in the network's parameter order."""
+    tensors = load_file(checkpoint / "training_state.safetensors")
+    keys = sorted((k for k in tensors if k.startswith("ema.shadow_params.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    return [tensors[k] for k in keys]
+
+
 def tiny_args(data_dir, config, output_dir, **overrides):
     args = {
         "train_data_dir": data_dir, "resolution": 16, "validation_fraction": 0.25,
@@ -69,9 +76,9 @@ def test_tiny_run_writes_a_loadable_pipeline(sprites_dir, tiny_unet_config, tmp_
     images = ddim(batch_size=2, num_inference_steps=3, output_type="np").images
     assert images.shape == (2, 16, 16, 3)
     # The exported weights are the EMA weights.
-    ema = torch.load(out / "checkpoint-8" / "custom_checkpoint_1.pkl", weights_only=True)["shadow_params"]
+    ema = ema_weights(out / "checkpoint-8")
     exported = list(pipeline.unet.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(ema, exported))
+    assert len(ema) == len(exported) and all(torch.equal(a, b) for a, b in zip(ema, exported))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "train_loss" in m] == [1, 2, 3, 4, 5, 6, 7, 8]
     args = json.loads((out / "training_args.json").read_text())
@@ -87,19 +94,20 @@ def test_resume_is_exact(sprites_dir, tiny_unet_config, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
-    # Every step reseeds its RNGs from (seed, step): the saved RNG state is not needed (and is a pickle).
-    for rng_state in (resumed / "checkpoint-3").glob("random_states_*.pkl"):
-        rng_state.unlink()
     run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest", **common))
-    a = load_file(straight / "checkpoint-6" / "model.safetensors")
-    b = load_file(resumed / "checkpoint-6" / "model.safetensors")
+    a = load_file(straight / "checkpoint-6" / "unet.safetensors")
+    b = load_file(resumed / "checkpoint-6" / "unet.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    first_half = load_file(straight / "checkpoint-3" / "model.safetensors")
+    first_half = load_file(straight / "checkpoint-3" / "unet.safetensors")
     assert any(not torch.equal(a[k], first_half[k]) for k in a)  # the second half did train
-    ema_a = torch.load(straight / "checkpoint-6" / "custom_checkpoint_1.pkl", weights_only=True)
-    ema_b = torch.load(resumed / "checkpoint-6" / "custom_checkpoint_1.pkl", weights_only=True)
-    assert ema_a["optimization_step"] == ema_b["optimization_step"] == 6
-    assert all(torch.equal(x, y) for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"]))
+    states = [json.loads((folder / "checkpoint-6" / "training_state.json").read_text())["state"]["ema"]
+              for folder in (straight, resumed)]
+    assert states[0] == states[1] and dict(states[0]["__dict__"])["optimization_step"] == 6
+    assert all(torch.equal(x, y) for x, y in zip(ema_weights(straight / "checkpoint-6"),
+                                                  ema_weights(resumed / "checkpoint-6")))
+    optimizer_a = load_file(straight / "checkpoint-6" / "training_state.safetensors")
+    optimizer_b = load_file(resumed / "checkpoint-6" / "training_state.safetensors")
+    assert optimizer_a.keys() == optimizer_b.keys() and all(torch.equal(optimizer_a[k], optimizer_b[k]) for k in optimizer_a)
     exported_a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
     exported_b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(exported_a[k], exported_b[k]) for k in exported_a)
@@ -122,7 +130,7 @@ def test_checkpoint_pruning_and_interrupted_saves(sprites_dir, tiny_unet_config,
                            checkpoints_total_limit=2, resume_from_checkpoint="latest"))
     assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-5", "checkpoint-6"]
     assert not (out / "checkpoint-9.tmp").exists()
-    with pytest.raises(UserError, match="is not a checkpoint folder"):
+    with pytest.raises(UserError, match="cannot resume from .*checkpoint-8: no training_state.json"):
         resolve_resume_checkpoint(str(out / "checkpoint-8"), str(out))
 
 
@@ -147,7 +155,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sprites_dir, tiny_une
     good = list_checkpoints(str(out))
     assert good, "the first step's checkpoint is kept"
     assert str(good[-1]) in str(info.value)
-    weights = load_file(good[-1] / "model.safetensors")
+    weights = load_file(good[-1] / "unet.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not (out / "model_index.json").exists()  # no pipeline exported from a diverged run
 
@@ -226,10 +234,10 @@ def test_two_processes_really_run_and_resume_exactly(sprites_dir, tiny_unet_conf
     result = _launch_two_processes(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest",
                                              **common))
     assert result.returncode == 0, result.stderr[-3000:]
-    a = load_file(straight / "checkpoint-6" / "model.safetensors")
-    b = load_file(resumed / "checkpoint-6" / "model.safetensors")
+    a = load_file(straight / "checkpoint-6" / "unet.safetensors")
+    b = load_file(resumed / "checkpoint-6" / "unet.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], v) for k, v in load_file(straight / "checkpoint-3" / "model.safetensors").items())
+    assert any(not torch.equal(a[k], v) for k, v in load_file(straight / "checkpoint-3" / "unet.safetensors").items())
     # One process of batch 8 sees the same images every step; only the noise draws differ, so the
     # validation losses agree closely while training moves them far more.
     single = tmp_path / "single"
@@ -329,8 +337,8 @@ def test_lazy_and_on_device_feeding_train_identically(sprites_dir, tiny_unet_con
     for mode in ("yes", "no"):
         run_training(tiny_args(sprites_dir, tiny_unet_config, tmp_path / mode, max_train_steps=3,
                                checkpointing_steps=3, random_flip=True, dataset_on_device=mode))
-    a = load_file(tmp_path / "yes" / "checkpoint-3" / "model.safetensors")
-    b = load_file(tmp_path / "no" / "checkpoint-3" / "model.safetensors")
+    a = load_file(tmp_path / "yes" / "checkpoint-3" / "unet.safetensors")
+    b = load_file(tmp_path / "no" / "checkpoint-3" / "unet.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -416,6 +424,6 @@ def test_exact_resume_after_kill_9(sprites_dir, tiny_unet_config, tmp_path, mode
     assert done and int(done[-1].name.split("-")[1]) < 24, "killed before the end, after a checkpoint"
     assert not (killed / "model_index.json").exists()
     run_training(tiny_args(sprites_dir, tiny_unet_config, killed, resume_from_checkpoint="latest", **common))
-    for name in sorted(p.name for p in (straight / "checkpoint-24").glob("model*.safetensors")):
+    for name in sorted(p.name for p in (straight / "checkpoint-24").glob("*.safetensors")):
         a, b = load_file(straight / "checkpoint-24" / name), load_file(killed / "checkpoint-24" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
