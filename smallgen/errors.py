@@ -11,6 +11,8 @@ from contextlib import contextmanager
 class UserError(Exception):
     """A problem with the user's input, explained in the message."""
 
+    exit_code = 2
+
 
 class DataError(UserError):
     """The dataset could not be found, read or understood."""
@@ -22,9 +24,9 @@ class ConfigError(UserError):
 
 @contextmanager
 def exit_on_user_error():
-    """Turn a UserError into one 'error: ...' line on stderr and exit status 2."""
+    """Turn a UserError into one 'error: ...' line on stderr and its exit status (2 unless it says)."""
     try:
         yield
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None

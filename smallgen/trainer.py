@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -41,6 +42,14 @@ from smallgen.seeding import derived_seed, step_generator, validation_generator
 
 class TrainingDiverged(UserError):
     """The loss or the weights became NaN or infinite."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM or SIGINT: the run stopped after a checkpoint; exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -80,6 +89,7 @@ class Trainer:
         self.last_checkpoint = resume_path
         self.last_train, self.last_val, self.sample_paths = {}, {}, []
         self.progress = None
+        self.stop_signal: int | None = None  # set by the first SIGTERM/SIGINT
 
     # ------------------------------------------------------------------ the run
 
@@ -89,13 +99,46 @@ class Trainer:
             return self.finished_already()
         self.open_logs()
         self.run_start = time.perf_counter() - self.elapsed_before
-        for epoch in range(self.first_epoch, self.plan.num_epochs):
-            self.train_epoch(epoch)
-            self.end_epoch(epoch)
-            if self.global_step >= self.plan.max_train_steps:
-                break
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for epoch in range(self.first_epoch, self.plan.num_epochs):
+                self.train_epoch(epoch)
+                self.end_epoch(epoch)
+                if self.global_step >= self.plan.max_train_steps:
+                    break
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
         self.progress.close()
         return self.finish()
+
+    # ------------------------------------------------------------------ preemption
+
+    def on_signal(self, signum, frame) -> None:
+        """First signal: stop after this step with a checkpoint. Second: exit now (the last
+        complete checkpoint stays the latest; a save in progress is only a .tmp folder)."""
+        if self.stop_signal is not None:
+            os._exit(128 + signum)
+        self.stop_signal = signum
+
+    def stop_requested(self) -> bool:
+        """Whether any process got a signal (one tiny all-reduce per step with several processes)."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_signal is not None
+        flag = torch.tensor(float(self.stop_signal or 0), device=self.accelerator.device)
+        signum = int(self.accelerator.reduce(flag, "max").item())
+        self.stop_signal = self.stop_signal or (signum or None)
+        return signum > 0
+
+    def stop_for_signal(self, epoch: int, saved: bool) -> None:
+        name = signal.Signals(self.stop_signal).name
+        if not saved:
+            self.check_weights_finite()
+            self.save(epoch)
+        self.progress.close()
+        raise TrainingInterrupted(
+            f"stopped by {name} after step {self.global_step}; the checkpoint is {self.last_checkpoint}. "
+            f"Resume with the same command and --resume_from_checkpoint latest", self.stop_signal)
 
     def setup(self) -> None:
         accelerator = self.accelerator
@@ -178,6 +221,8 @@ class Trainer:
         if checkpoint_now:
             self.check_weights_finite()
             self.save(epoch)
+        if self.stop_requested():
+            self.stop_for_signal(epoch, saved=bool(checkpoint_now))
 
     def identity(self) -> dict:
         """What a checkpoint must have been written by to be resumed here."""

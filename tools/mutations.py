@@ -125,6 +125,13 @@ MUTATIONS = [
       [("            accelerator.unwrap_model(network).load_state_dict(load_file(str(path / f\"{name}.safetensors\"), "
         "device))\n", "            pass\n")],
       [f"{TRAINING}::test_exact_resume_after_kill_9"]),
+    m("signals-not-handled", "SIGTERM/SIGINT finish the step, write a checkpoint and exit 128 + signal",
+      "smallgen/trainer.py", [("signal.signal(s, self.on_signal)", "signal.getsignal(s)")],
+      ["tests/test_faults.py::test_a_signal_finishes_the_step_saves_and_exits"]),
+    m("second-signal-waits", "a second signal during that save exits at once", "smallgen/trainer.py",
+      [("        if self.stop_signal is not None:\n            os._exit(128 + signum)\n",
+        "        if self.stop_signal is not None:\n            return\n")],
+      ["tests/test_faults.py::test_a_second_signal_during_the_save_exits_at_once"]),
     m("sample-noise-per-batch", "image i depends only on (seed, i), whatever the batch size", "smallgen/seeding.py",
       [("    return [torch.Generator(device).manual_seed(derived_seed(seed, i)) for i in indices]",
         "    indices = list(indices)\n"
