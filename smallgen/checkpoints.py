@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -223,3 +224,69 @@ def load_checkpoint(objective, accelerator, path: Path, expected: dict) -> dict:
         raise CheckpointError(f"{path} does not fit this run's networks or optimizers ({type(exc).__name__}: "
                               f"{str(exc)[:300]})") from None
     return info
+
+
+LOCK_FILE = ".smallgen.lock"
+
+
+class RunFolderBusy(UserError):
+    """Another live run writes to the same --output_dir."""
+
+
+class RunLock:
+    """``<output_dir>/.smallgen.lock`` holding the pid and host of the run writing there.
+
+    A second run on the same folder is refused while the first lives; a lock left by a process
+    that is gone (kill -9, a second Ctrl-C) is taken over with a warning. Held by the main process.
+    """
+
+    def __init__(self, output_dir: str):
+        self.path = Path(output_dir) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> None:
+        import socket
+
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._take_over_if_stale(me)
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(me, handle)
+            self.held = True
+            return
+
+    def _take_over_if_stale(self, me: dict) -> None:
+        try:
+            owner = read_json(str(self.path))
+        except (OSError, ValueError):
+            owner = {}
+        if owner.get("host") not in (None, me["host"]):
+            raise RunFolderBusy(f"{self.path.parent} is in use by process {owner.get('pid')} on host {owner['host']}; "
+                                f"if that run is gone, delete {self.path}")
+        pid = owner.get("pid")
+        if isinstance(pid, int) and pid != me["pid"] and _process_alive(pid):
+            raise RunFolderBusy(f"{self.path.parent} is in use by another run (process {pid} on this host); "
+                                "wait for it, stop it, or choose another --output_dir")
+        print(f"warning: taking over {self.path} left by process {pid}, which is no longer running",
+              file=sys.stderr, flush=True)
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

@@ -304,8 +304,9 @@ def compute_metrics(samples: torch.Tensor, reference, weights, *, cache_name: st
     return out
 
 
-def evaluate(args: EvaluationArguments) -> list[dict]:
-    """One result per sampling setting; see the module doc."""
+def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
+    """One result per sampling setting; see the module doc. ``on_result(results so far)`` is called
+    after each setting (``--output_json`` is written then, so an interrupted sweep keeps its results)."""
     from smallgen.inception import default_cache_dir, resolve_inception_weights
 
     cache = args.cache_dir or str(default_cache_dir())
@@ -361,28 +362,33 @@ def evaluate(args: EvaluationArguments) -> list[dict]:
         metrics = compute_metrics(samples, reference, weights, cache_name=cache_name,
                                   cache_root=os.path.join(cache, "fidelity"), kid_subset_size=kid_subset_size,
                                   isc=args.isc, batch_size=args.batch_size)
-        diffusion = pipeline is not None and is_diffusion_pipeline(pipeline)
-        result = {
-            "model": model,
-            "pipeline_class": type(pipeline).__name__ if pipeline is not None else None,
-            "sampler": args.scheduler if diffusion else None,
-            "steps": steps,
-            "eta": args.eta if diffusion and args.scheduler == "ddim" else None,
-            **metrics,
-            "num_samples": len(samples),
-            "reference": reference_description(args, len(reference), resolution),
-            "num_reference": len(reference),
-            "kid_subset_size": kid_subset_size,
-            "seed": args.seed,
-            "generation_seconds": seconds,
-            "images_per_second": None if seconds is None else len(samples) / seconds,
-            "device": _device_name(device),
-            "dtype": {"no": "float32"}.get(args.mixed_precision, args.mixed_precision),
-            "inception_weights": weights.source,
-        }
+        result = _result_row(args, model, pipeline, steps, metrics, len(samples), seconds, device, weights)
+        result.update(reference=reference_description(args, len(reference), resolution),
+                      num_reference=len(reference), kid_subset_size=kid_subset_size)
         results.append(result)
         print(json.dumps({k: result[k] for k in ("sampler", "steps", "fid", "kid_mean")}), file=sys.stderr)
+        if on_result is not None:
+            on_result(results)
     return results
+
+
+def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, device, weights) -> dict:
+    diffusion = pipeline is not None and is_diffusion_pipeline(pipeline)
+    return {
+        "model": model,
+        "pipeline_class": type(pipeline).__name__ if pipeline is not None else None,
+        "sampler": args.scheduler if diffusion else None,
+        "steps": steps,
+        "eta": args.eta if diffusion and args.scheduler == "ddim" else None,
+        **metrics,
+        "num_samples": num_samples,
+        "seed": args.seed,
+        "generation_seconds": seconds,
+        "images_per_second": None if seconds is None else num_samples / seconds,
+        "device": _device_name(device),
+        "dtype": {"no": "float32"}.get(args.mixed_precision, args.mixed_precision),
+        "inception_weights": weights.source,
+    }
 
 
 def reference_description(args: EvaluationArguments, count: int, resolution: int) -> str:
@@ -447,10 +453,11 @@ def read_results(paths: list[str]) -> list[dict]:
 
 
 def write_results(path: str, args: EvaluationArguments, results: list[dict]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump({"arguments": _fields(args), "results": results}, handle, indent=2)
+    """The arguments and every finished setting, written atomically (a reader never sees half a file)."""
+    from smallgen.files import save_json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_json(path, {"arguments": _fields(args), "results": results})
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluationArguments:
@@ -472,9 +479,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.compare:
             print(markdown_table(read_results(args.compare)))
             return []
-        results = evaluate(args)
-        if args.output_json:
-            write_results(args.output_json, args, results)
+        write = (lambda results: write_results(args.output_json, args, results)) if args.output_json else None
+        results = evaluate(args, on_result=write)
         if args.markdown:
             print(markdown_table(results))
         return results

@@ -17,6 +17,7 @@ What the loop guarantees, whatever the objective:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from smallgen.checkpoints import (
+    RunLock,
     check_output_dir,
     load_checkpoint,
     prepare_output_dir,
@@ -267,6 +269,17 @@ class Trainer:
         raise TrainingDiverged(f"{what} by step {self.global_step}; stopping. {where}. Try a lower "
                                "--learning_rate, --max_grad_norm 1, or bf16 instead of fp16.")
 
+    @contextlib.contextmanager
+    def writing(self, what: str):
+        """An OSError (a full disk) while writing ``what`` becomes one clear message; checkpoints stay."""
+        try:
+            yield
+        except OSError as exc:
+            kept = (f"the latest checkpoint is {self.last_checkpoint}, intact" if self.last_checkpoint
+                    else "no checkpoint was saved yet")
+            raise UserError(f"could not write {what} ({exc}); {kept}. Free some space and run the same command "
+                            "with --resume_from_checkpoint latest.") from None
+
     # ------------------------------------------------------------------ end of epoch: validation, curves, grids
 
     def end_epoch(self, epoch: int) -> None:
@@ -279,11 +292,13 @@ class Trainer:
         if accelerator.is_main_process:
             from smallgen.plots import plot_loss_curves
 
-            plot_loss_curves(self.metrics.read(), os.path.join(args.output_dir, "loss_curves.png"),
-                             title=f"{self.objective.name} training and validation losses")
+            with self.writing("the loss curves"):
+                plot_loss_curves(self.metrics.read(), os.path.join(args.output_dir, "loss_curves.png"),
+                                 title=f"{self.objective.name} training and validation losses")
         last_epoch = epoch == self.plan.num_epochs - 1 or self.global_step >= self.plan.max_train_steps
         if accelerator.is_main_process and ((epoch + 1) % args.save_images_epochs == 0 or last_epoch):
-            self.save_sample_grids(f"epoch_{epoch:04d}")
+            with self.writing("the sample grids"):
+                self.save_sample_grids(f"epoch_{epoch:04d}")
         accelerator.wait_for_everyone()
 
     @torch.no_grad()
@@ -327,7 +342,8 @@ class Trainer:
                    "num_processes": accelerator.num_processes,
                    "training_seconds": time.perf_counter() - self.run_start}
         if accelerator.is_main_process:
-            self.export(results)
+            with self.writing(f"the pipeline to {self.args.output_dir}"):
+                self.export(results)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
@@ -378,10 +394,15 @@ def train(data_args, model_args, args) -> dict:
         if feeder.on_device:
             validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
     trainer = Trainer(objective, accelerator, feeder, validation_images, resume_path, data_args, model_args, args)
-    if accelerator.is_main_process:  # everything above was checked: only now may the folder change
-        prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)
-    accelerator.wait_for_everyone()
-    return trainer.run()
+    lock = RunLock(args.output_dir)
+    try:
+        if accelerator.is_main_process:  # everything above was checked: only now may the folder change
+            lock.acquire()
+            prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)
+        accelerator.wait_for_everyone()
+        return trainer.run()
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> dict:

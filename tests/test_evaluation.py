@@ -288,3 +288,24 @@ def test_torch_fidelity_regression_value_cifar10_train_vs_test(tmp_path, incepti
         num_samples=5000, inception_weights=inception.path, cache_dir=str(tmp_path / "cache")))
     assert result["fid"] == pytest.approx(10.32333, abs=0.01)
     assert result["kid_mean"] == pytest.approx(-2.907863e-05, abs=2e-6)
+
+
+def test_an_interrupted_sweep_keeps_the_finished_settings(tiny_pipeline, tmp_path, inception, monkeypatch):
+    import smallgen.evaluation as evaluation
+
+    real_generate, calls = evaluation.generate, []
+
+    def generate_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second setting
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate", generate_then_interrupt)
+    out = tmp_path / "sweep.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(_eval_argv(tiny_pipeline, tmp_path, inception, "--scheduler", "ddim", "--num_inference_steps", "2", "4",
+                        "--output_json", str(out)))
+    saved = json.loads(out.read_text())
+    assert [r["steps"] for r in saved["results"]] == [2] and saved["results"][0]["fid"] > 0
+    assert not list(tmp_path.glob("*.tmp"))

@@ -71,3 +71,63 @@ def test_a_second_signal_during_the_save_exits_at_once(sprites_dir, tiny_unet_co
     run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=6, checkpointing_steps=4,
                            resume_from_checkpoint="latest", **CONSTANT_LR))
     assert not list(out.glob("*.tmp")) and (out / "model_index.json").exists()
+
+
+def test_one_run_per_output_dir(sprites_dir, tiny_unet_config, tmp_path, capfd):
+    import socket
+
+    from smallgen.checkpoints import LOCK_FILE, RunFolderBusy
+
+    out = tmp_path / "run"
+    argv = dict(max_train_steps=2, checkpointing_steps=1)
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, **argv))
+    assert not (out / LOCK_FILE).exists()  # released at the end
+    resume = dict(argv, max_train_steps=3, resume_from_checkpoint="latest")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(RunFolderBusy, match=f"in use by another run \\(process {sleeper.pid} on this host\\)"):
+            run_training(tiny_args(sprites_dir, tiny_unet_config, out, **resume))
+        assert sorted(p.name for p in out.iterdir()) == before and not (out / "checkpoint-3").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    capfd.readouterr()
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, **resume))  # its owner is gone: taken over
+    assert f"taking over {out / LOCK_FILE} left by process {sleeper.pid}" in capfd.readouterr().err
+    assert (out / "checkpoint-3").exists() and not (out / LOCK_FILE).exists()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-machine"}))
+    with pytest.raises(RunFolderBusy, match="process 1 on host another-machine; if that run is gone, delete"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, **dict(resume, max_train_steps=4)))
+
+
+@pytest.mark.parametrize("target", ["samples", "diffusion_pytorch_model.safetensors"])
+def test_a_full_disk_loses_nothing(sprites_dir, tiny_unet_config, tmp_path, monkeypatch, target):
+    """ENOSPC while writing sample grids or the exported weights: one clear message, checkpoints intact,
+    and resuming finishes the run (re-exporting)."""
+    import errno
+
+    import safetensors.torch
+    from PIL import Image
+
+    from smallgen.errors import UserError
+
+    def full(path):
+        if target in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+
+    real_save, real_save_file = Image.Image.save, safetensors.torch.save_file
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: full(fp) or real_save(self, fp, *a, **k))
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda t, f, *a, **k: full(f) or real_save_file(t, f, *a, **k))
+    out = tmp_path / "run"
+    argv = dict(max_train_steps=4, checkpointing_steps=4)
+    what = "the sample grids" if target == "samples" else "the pipeline"
+    with pytest.raises(UserError, match=f"could not write {what}.*No space left on device \\(simulated\\)\\); the latest "
+                                        "checkpoint is .*checkpoint-4, intact. .*--resume_from_checkpoint latest"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, **argv))
+    assert not (out / "results.json").exists()
+    monkeypatch.undo()
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, resume_from_checkpoint="latest", **argv))
+    assert results["global_step"] == 4 and (out / "results.json").exists()
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
