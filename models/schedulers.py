@@ -99,6 +99,10 @@ def inference_timesteps(spacing: str, num_train_timesteps: int, num_inference_st
         steps = np.array([int(s) for s in np.linspace(0, np.sqrt(T * 0.8), S) ** 2], dtype=np.int64)[::-1]
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(DDIM_TIMESTEP_SPACINGS)}")
+    if steps.max() >= T:  # diffusers indexes past its tables here and fails with an IndexError
+        raise ValueError(f"steps_offset {steps_offset} with {S} inference steps starts at timestep {steps.max()}, past "
+                         f"the last of {T} training timesteps: use at most {(T - 1 - steps_offset) // (T // S) + 1} "
+                         "steps, or steps_offset 0")
     return steps.copy()
 
 

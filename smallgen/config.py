@@ -52,7 +52,7 @@ class DataArguments:
         metadata={"help": "A folder of images (imagefolder layout) or of the Sprites .npy files."},
     )
     image_column: str | None = field(
-        default=None, metadata={"help": "Column holding the images (default: detected)."}
+        default=None, metadata={"help": "Column holding the images; detected when unset."}
     )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Where downloaded and prepared datasets are cached."}
@@ -60,7 +60,7 @@ class DataArguments:
     resolution: int = field(default=32, metadata={"help": "Images are made resolution x resolution."})
     center_crop: bool = field(
         default=False,
-        metadata={"help": "Center-crop after resizing (default: random crop, as diffusers' example)."},
+        metadata={"help": "Center-crop after resizing; otherwise a random crop, as diffusers' example."},
     )
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips in training."})
     interpolation: str = field(
@@ -99,7 +99,7 @@ class ModelArguments:
     model_config_name_or_path: str | None = field(
         default=None,
         metadata={"help": "UNet config: a JSON file, a name in configs/models/, or a pipeline folder "
-                          "(default: unet-sprites16 at <= 16 px, else unet-small-cifar10)."},
+                          "Unset: unet-sprites16 at <= 16 px, else unet-small-cifar10."},
     )
     ddpm_num_steps: int = field(default=1000, metadata={"help": "Training timesteps T."})
     ddpm_beta_schedule: str = _choice("Noise schedule (cosine = squaredcos_cap_v2).", BETA_SCHEDULE_CHOICES, "linear")
@@ -115,7 +115,7 @@ class ModelArguments:
     ddim_num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for sample grids."})
     ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta for sample grids (0 = deterministic)."})
     latent_dim: int | None = field(
-        default=None, metadata={"help": "Baselines' latent size (default: vae 128, dcgan 100, vaegan 256)."}
+        default=None, metadata={"help": "Baselines' latent size; unset: vae 128, dcgan 100, vaegan 256."}
     )
     base_channels: int = field(default=64, metadata={"help": "Baselines' first conv width (doubles per level)."})
     kl_weight: float = field(default=1.0, metadata={"help": "VAE / VAE-GAN weight of the KL term."})
@@ -160,21 +160,23 @@ class TrainArguments:
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, noise and samples."})
     train_batch_size: int = field(default=16, metadata={"help": "Images per process per micro-batch."})
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size for validation and sampling."})
-    num_epochs: int = field(default=100)
+    num_epochs: int = field(default=100, metadata={"help": "Passes over the training set (unless --max_train_steps)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides --num_epochs."})
-    gradient_accumulation_steps: int = field(default=1)
-    learning_rate: float = field(default=1e-4)
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step (ddpm); the lr schedule counts optimizer steps."}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (after warm-up)."})
     lr_scheduler: str = _choice("Learning-rate schedule (diffusers' get_scheduler).", LR_SCHEDULER_CHOICES, "cosine")
     lr_warmup_steps: int = field(default=500, metadata={"help": "Warm-up, in optimizer steps."})
-    adam_beta1: float = field(default=0.95)
-    adam_beta2: float = field(default=0.999)
-    adam_weight_decay: float = field(default=1e-6)
-    adam_epsilon: float = field(default=1e-8)
+    adam_beta1: float = field(default=0.95, metadata={"help": "Adam(W) beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam(W) beta2."})
+    adam_weight_decay: float = field(default=1e-6, metadata={"help": "Weight decay (decoupled for ddpm's AdamW)."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam(W) epsilon."})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; 0 or none disables."})
     use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the weights; export and sample it."})
-    ema_max_decay: float = field(default=0.9999)
-    ema_inv_gamma: float = field(default=1.0)
-    ema_power: float = field(default=0.75)
+    ema_max_decay: float = field(default=0.9999, metadata={"help": "Largest EMA decay (the warm-up grows towards it)."})
+    ema_inv_gamma: float = field(default=1.0, metadata={"help": "EMA warm-up inverse gamma."})
+    ema_power: float = field(default=0.75, metadata={"help": "EMA warm-up power (3/4: long runs; 2/3: short ones)."})
     ema_warmup: bool = field(default=True, metadata={"help": "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power)."})
     mixed_precision: str = _choice("Autocast precision.", MIXED_PRECISION_CHOICES, "no")
     checkpointing_steps: int | None = field(default=500, metadata={"help": "Save a resumable state every N steps."})
@@ -185,10 +187,10 @@ class TrainArguments:
     logging_steps: int = field(default=50, metadata={"help": "Log (and check the loss is finite) every N steps."})
     save_images_epochs: int = field(default=10, metadata={"help": "Sample grids every N epochs (and at the end)."})
     num_sample_images: int = field(default=16, metadata={"help": "Images per sample grid."})
-    push_to_hub: bool = field(default=False)
-    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id (default: the output folder's name)."})
-    hub_token: str | None = field(default=None, metadata={"help": "Token (default: HF_TOKEN / cached login); never saved."})
-    hub_private_repo: bool = field(default=False)
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the pipeline folder (no checkpoints or logs)."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id; unset: the output folder's name."})
+    hub_token: str | None = field(default=None, metadata={"help": "Token; unset: HF_TOKEN or the cached login. Never saved."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
     allow_tf32: bool = field(default=False, metadata={"help": "TF32 matmuls on Ampere+ GPUs."})
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the network."})
@@ -260,15 +262,75 @@ def load_config_file(path: str) -> dict:
     return values
 
 
-def parse_args(argv: list[str] | None = None):
-    """(DataArguments, ModelArguments, TrainArguments) from ``--config`` and the command line."""
+HELP_GROUPS = {  # --help shows the flags in these groups, in this order
+    "data": [f.name for f in dataclasses.fields(DataArguments)],
+    "model": ["model_type", "model_config_name_or_path", "latent_dim", "base_channels", "kl_weight",
+              "adversarial_weight"],
+    "diffusion": ["ddpm_num_steps", "ddpm_beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma"],
+    "optimisation": ["seed", "train_batch_size", "num_epochs", "max_train_steps", "gradient_accumulation_steps",
+                     "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
+                     "adam_weight_decay", "adam_epsilon", "max_grad_norm", "use_ema", "ema_max_decay",
+                     "ema_inv_gamma", "ema_power", "ema_warmup", "no_ema_warmup"],
+    "checkpoints and logging": ["output_dir", "overwrite_output_dir", "checkpointing_steps",
+                                "checkpoints_total_limit", "resume_from_checkpoint", "logger", "logging_dir",
+                                "logging_steps"],
+    "sampling (grids)": ["eval_batch_size", "save_images_epochs", "num_sample_images", "variance_type",
+                         "ddpm_num_inference_steps", "ddim_num_inference_steps", "ddim_eta"],
+    "Hub": ["push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"],
+    "speed": ["mixed_precision", "allow_tf32", "channels_last", "torch_compile", "dataset_on_device",
+              "max_dataset_bytes"],
+}
+DESCRIPTION = """Train a DDPM or a baseline (VAE, DCGAN, VAE-GAN) on small images and export a DiffusionPipeline.
+
+A --config recipe (YAML or JSON) sets defaults for any flag below; flags on the command line win,
+and 'none' clears a recipe's text value (e.g. --dataset_name none --train_data_dir my_images).
+Unknown keys and invalid values are refused before anything is loaded."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults once per flag ('unset' for None), never after a help text that explains its own."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or "unset" in text.lower() or action.default in (argparse.SUPPRESS,):
+            return text
+        if action.default is None:
+            return f"{text} (default: unset)" if action.option_strings else text
+        return super()._get_help_string(action)
+
+
+def _none_or_text(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def build_parser():
+    """The flags of every argument class, grouped for --help, with --config first."""
     from transformers import HfArgumentParser
 
+    parser = HfArgumentParser(ARGUMENT_CLASSES, description=DESCRIPTION, formatter_class=_HelpFormatter,
+                              usage="%(prog)s [--config RECIPE.yaml] [--flag value ...]")
+    config_action = parser.add_argument("--config", default=None, help="YAML/JSON recipe whose keys are these flags.")
+    general = parser._optionals  # argparse keeps groups in private lists; moving actions only changes --help
+    general._group_actions.remove(config_action)
+    general._group_actions.insert(1, config_action)  # right after -h
+    optional_text = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)
+                     if f.default is None and "str" in str(f.type)}
+    for title, names in HELP_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for action in [a for a in general._group_actions if a.dest in names]:
+            general._group_actions.remove(action)
+            group._group_actions.append(action)
+            if action.dest in optional_text:
+                action.type = _none_or_text
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    """(DataArguments, ModelArguments, TrainArguments) from ``--config`` and the command line."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, description=__doc__)
-    parser.add_argument("--config", default=None, help="YAML/JSON recipe whose keys are these flags.")
+    parser = build_parser()
     if known.config:
         parser.set_defaults(**load_config_file(known.config))
     try:

@@ -229,6 +229,18 @@ def make_scheduler(config, sampler: str):
     return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
 
 
+def check_sampler_steps(scheduler, steps: int) -> None:
+    """Refuse a setting that indexes past the schedule (e.g. steps_offset 1 with steps == T)."""
+    from models.schedulers import inference_timesteps
+
+    config = scheduler.config
+    if config.get("timestep_spacing", "leading") == "leading" and steps <= config.num_train_timesteps:
+        try:
+            inference_timesteps("leading", config.num_train_timesteps, steps, config.get("steps_offset", 0))
+        except ValueError as exc:
+            raise UserError(f"--num_inference_steps {steps} cannot work with this pipeline's scheduler: {exc}") from None
+
+
 def generate(pipeline, args: EvaluationArguments, steps: int | None, device: torch.device) -> torch.Tensor:
     """``args.num_samples`` images as uint8 (N, 3, H, W); the same seed gives the same images."""
     from contextlib import nullcontext
@@ -240,6 +252,7 @@ def generate(pipeline, args: EvaluationArguments, steps: int | None, device: tor
             from smallgen.sampling import sample_images
 
             scheduler = make_scheduler(pipeline.scheduler.config, args.scheduler)
+            check_sampler_steps(scheduler, steps)
             return sample_images(pipeline.unet, scheduler, args.num_samples, steps, seed=args.seed,
                                  batch_size=args.batch_size, device=device,
                                  eta=args.eta if args.scheduler == "ddim" else None, progress=True)

@@ -284,3 +284,20 @@ def test_training_target_per_prediction_type():
             assert torch.allclose(recovered_eps, noise, atol=1e-4), prediction_type
     snr = NoiseSchedule().snr(t)
     assert snr[0] > snr[1] > snr[2] > snr[3] > 0
+
+
+def test_a_steps_offset_past_the_schedule_is_refused_with_a_message():
+    from diffusers import DDIMScheduler
+
+    from smallgen.errors import UserError
+    from smallgen.evaluation import check_sampler_steps
+
+    sampler = DDIMSampler(num_train_timesteps=100, steps_offset=1)
+    with pytest.raises(ValueError, match="steps_offset 1 with 100 inference steps starts at timestep 100, past the "
+                                         "last of 100 training timesteps: use at most 99 steps"):
+        sampler.set_timesteps(100)
+    sampler.set_timesteps(99)  # one fewer works, as in diffusers
+    assert int(sampler.timesteps[0]) == 99
+    with pytest.raises(UserError, match="--num_inference_steps 100 cannot work with this pipeline's scheduler"):
+        check_sampler_steps(DDIMScheduler(num_train_timesteps=100, steps_offset=1), 100)
+    check_sampler_steps(DDIMScheduler(num_train_timesteps=100, steps_offset=1), 99)

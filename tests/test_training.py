@@ -427,3 +427,34 @@ def test_exact_resume_after_kill_9(sprites_dir, tiny_unet_config, tmp_path, mode
     for name in sorted(p.name for p in (straight / "checkpoint-24").glob("*.safetensors")):
         a, b = load_file(straight / "checkpoint-24" / name), load_file(killed / "checkpoint-24" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_help_is_a_manual():
+    from smallgen.config import HELP_GROUPS, build_parser
+
+    parser = build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 60
+    missing = [a.dest for a in flags if not (a.help or "").strip()]
+    assert not missing, f"flags without a help text: {missing}"
+    text = parser.format_help()
+    assert "``" not in text
+    first_flags = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
+    assert first_flags[0] == "--config"
+    titles = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["options", *HELP_GROUPS], titles
+    grouped = {name for names in HELP_GROUPS.values() for name in names}
+    assert {a.dest for a in flags} - {"config"} <= grouped  # every flag sits in a group
+    for action in flags:  # the default is stated once: by the formatter or by the help text itself
+        shown = parser._get_formatter()._expand_help(action)
+        assert shown.lower().count("default") <= 1, shown
+
+
+def test_a_recipe_value_can_be_cleared(tmp_path):
+    from smallgen.config import parse_args
+
+    data_args, _, _ = parse_args(["--config", str(ROOT / "configs/quickstart.yaml"), "--dataset_name", "none",
+                                  "--train_data_dir", str(tmp_path)])
+    assert data_args.dataset_name is None and data_args.train_data_dir == str(tmp_path)
+    recipe_value = parse_args(["--config", str(ROOT / "configs/quickstart.yaml")])[0].dataset_name
+    assert recipe_value is not None  # the recipe does set it

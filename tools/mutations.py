@@ -132,6 +132,9 @@ MUTATIONS = [
       [("        if self.stop_signal is not None:\n            os._exit(128 + signum)\n",
         "        if self.stop_signal is not None:\n            return\n")],
       ["tests/test_faults.py::test_a_second_signal_during_the_save_exits_at_once"]),
+    m("flag-without-help", "--help is a manual: every flag has a help text", "smallgen/config.py",
+      [('metadata={"help": "Peak learning rate (after warm-up)."}', "metadata={}")],
+      [f"{TRAINING}::test_help_is_a_manual"]),
     m("sample-noise-per-batch", "image i depends only on (seed, i), whatever the batch size", "smallgen/seeding.py",
       [("    return [torch.Generator(device).manual_seed(derived_seed(seed, i)) for i in indices]",
         "    indices = list(indices)\n"
