@@ -259,7 +259,43 @@ def load_config_file(path: str) -> dict:
         )
     if "hub_token" in values:
         raise ConfigError(f"{path} holds a hub_token: keep tokens out of files; use HF_TOKEN or --hub_token")
+    for key, value in values.items():
+        _check_recipe_type(path, key, value)
     return values
+
+
+def _flag_type(key: str) -> tuple[type, bool]:
+    """(the flag's value type, whether it may be None), from the argument classes' annotations."""
+    import types
+    import typing
+
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        if key in hints:
+            hint = hints[key]
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+                args = [a for a in typing.get_args(hint) if a is not type(None)]
+                return args[0], len(args) < len(typing.get_args(hint))
+            return hint, False
+    raise KeyError(key)
+
+
+def _check_recipe_type(path: str, key: str, value) -> None:
+    """A recipe value of the flag's type (YAML reads 'fast' as text, 1e-4 without a dot as text too)."""
+    expected, optional = _flag_type(key)
+    if value is None and optional:
+        return
+    if expected is float and isinstance(value, str):
+        try:
+            float(value)
+            return
+        except ValueError:
+            pass
+    accepted = (int, float) if expected is float else (expected,)
+    if isinstance(value, accepted) and (expected is bool or not isinstance(value, bool)):
+        return
+    names = {float: "a number", int: "a whole number", bool: "true or false", str: "text"}
+    raise ConfigError(f"{path}: {key} must be {names.get(expected, expected.__name__)}; got {value!r}")
 
 
 HELP_GROUPS = {  # --help shows the flags in these groups, in this order

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -361,19 +362,24 @@ def image_transform(data_args: DataArguments, image_column: str, label_column: s
 
 def decode_to_uint8(dataset, image_column: str, data_args: DataArguments, desc: str = "decoding",
                     show_progress: bool = True) -> torch.Tensor:
-    """The whole split as one uint8 (N, 3, R, R) tensor (resize and centre crop applied)."""
+    """The whole split as one uint8 (N, 3, R, R) tensor (resized, and centre-cropped where not square)."""
     from tqdm.auto import tqdm
 
     out = torch.empty((len(dataset), 3, data_args.resolution, data_args.resolution), dtype=torch.uint8)
-    row = 0
+    row, cropped = 0, 0
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not show_progress) as bar:
         for batch in dataset.iter(batch_size=1000):
             for value in batch[image_column]:
                 image = decode_image(value, f"row {row} of column {image_column!r}")
+                cropped += image.width != image.height
                 image = resize_and_crop(image, data_args.resolution, data_args.interpolation, True)
                 out[row] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
                 row += 1
             bar.update(len(batch[image_column]))
+    if cropped and not data_args.center_crop and show_progress:
+        print(f"warning: {cropped} of {len(dataset)} images are not square; decoded once, they are centre-cropped "
+              "(random crops need --dataset_on_device no; --center_crop says centre crops are meant)",
+              file=sys.stderr, flush=True)
     return out
 
 
