@@ -128,6 +128,7 @@ def push_to_hub(output_dir: str, repo_id: str | None, token: str | None, private
     repo_id = repo_id or os.path.basename(os.path.abspath(output_dir))
     try:
         repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
+        point_card_at(output_dir, repo.repo_id)
         upload_folder(repo_id=repo.repo_id, folder_path=output_dir, token=token, commit_message=commit_message,
                       ignore_patterns=HUB_IGNORE_PATTERNS)
     except Exception as exc:
@@ -137,3 +138,15 @@ def push_to_hub(output_dir: str, repo_id: str | None, token: str | None, private
             "(HF_TOKEN or --hub_token)."
         ) from exc
     return repo.repo_id
+
+
+def point_card_at(output_dir: str, repo_id: str) -> None:
+    """Make the model card's usage snippet load ``repo_id`` (known only once the repo exists)."""
+    import re
+
+    card = os.path.join(output_dir, "README.md")
+    if os.path.exists(card):
+        with open(card) as f:
+            text = f.read()
+        with open(card, "w") as f:
+            f.write(re.sub(r'from_pretrained\("[^"]*"', f'from_pretrained("{repo_id}"', text))

@@ -359,7 +359,7 @@ class Trainer:
                          arguments={**card.arguments, **args.to_public_dict(), **data_values},
                          metrics={k: v for k, v in results.items() if v is not None},
                          sample_images=self.sample_paths, tags=card.tags, trust_remote_code=card.trust_remote_code,
-                         load_from=args.hub_model_id if args.push_to_hub and args.hub_model_id else args.output_dir)
+                         load_from=args.output_dir)  # push_to_hub points it at the repo
         say(f"pipeline saved to {args.output_dir}")
         if args.push_to_hub:
             repo_id = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)

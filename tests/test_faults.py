@@ -131,3 +131,19 @@ def test_a_full_disk_loses_nothing(sprites_dir, tiny_unet_config, tmp_path, monk
     results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, resume_from_checkpoint="latest", **argv))
     assert results["global_step"] == 4 and (out / "results.json").exists()
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_latest_skips_a_truncated_newest_checkpoint(sprites_dir, tiny_unet_config, tmp_path, capfd):
+    from smallgen.checkpoints import CheckpointError, resolve_resume_checkpoint
+
+    out = tmp_path / "run"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=4, checkpointing_steps=2))
+    weights = out / "checkpoint-4" / "unet.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    capfd.readouterr()
+    assert resolve_resume_checkpoint("latest", str(out)).name == "checkpoint-2"
+    assert f"warning: skipping {out / 'checkpoint-4'}: unet.safetensors is damaged" in capfd.readouterr().err
+    with pytest.raises(CheckpointError, match="cannot resume from .*checkpoint-4: unet.safetensors is damaged"):
+        resolve_resume_checkpoint(str(out / "checkpoint-4"), str(out))
+    (out / "checkpoint-2" / "training_state.json").unlink()  # and a checkpoint missing its JSON is no checkpoint
+    assert resolve_resume_checkpoint("latest", str(out)) is None

@@ -64,6 +64,7 @@ def test_tiny_run_writes_a_loadable_pipeline(sprites_dir, tiny_unet_config, tmp_
         "epoch_0000_ddim.png", "epoch_0000_ddpm.png", "epoch_0001_ddim.png", "epoch_0001_ddpm.png"]
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "samples/epoch_0001_ddim.png" in card
+    assert f'DiffusionPipeline.from_pretrained("{out}")' in card  # loads what was trained
 
     from diffusers import DDIMPipeline, DDPMPipeline, DiffusionPipeline
 
@@ -290,6 +291,7 @@ def test_push_to_hub_with_the_real_client_against_a_local_endpoint(sprites_dir, 
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
     assert not any(token.encode() in content for content in hub.files.values())
+    assert b'DiffusionPipeline.from_pretrained("test-user/pushed-model")' in hub.files["README.md"]
 
 
 def test_unreachable_hub_keeps_the_pipeline(sprites_dir, tiny_unet_config, tmp_path):
