@@ -84,6 +84,7 @@ def our_step(args, device):
 
     from smallgen.config import parse_args
     from smallgen.data import random_hflip, uint8_to_model_range
+    from smallgen.objectives.base import MicroBatch
     from smallgen.seeding import step_generator
     from smallgen.trainer import build_objective
 
@@ -103,7 +104,7 @@ def our_step(args, device):
         generator = step_generator(device, 0, i, 0, 0)
         start = (i * args.batch_size) % (len(dataset) - args.batch_size)
         clean = random_hflip(uint8_to_model_range(dataset[order[start:start + args.batch_size]]), generator)
-        objective.train_step([(clean, generator)])
+        objective.train_step([MicroBatch(clean, generator)])
         for scheduler in objective.lr_schedulers.values():
             scheduler.step()
 

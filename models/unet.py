@@ -61,10 +61,11 @@ def load_unet_config(name_or_path: str | None, resolution: int) -> dict:
     return config
 
 
-def create_unet(name_or_path: str | None, resolution: int):
+def create_unet(name_or_path: str | None, resolution: int, **overrides):
+    """A fresh UNet2DModel; ``overrides`` change config entries (e.g. ``num_class_embeds``)."""
     from diffusers import UNet2DModel
 
-    config = load_unet_config(name_or_path, resolution)
+    config = {**load_unet_config(name_or_path, resolution), **overrides}
     try:
         return UNet2DModel.from_config(config)
     except Exception as exc:  # from_config raises several types on bad values

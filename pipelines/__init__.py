@@ -1,9 +1,11 @@
-"""DiffusionPipeline classes for the baselines (the diffusion models export diffusers' DDPMPipeline).
+"""DiffusionPipeline classes beyond diffusers' own (unconditional diffusion models export DDPMPipeline).
 
 * ``VAEPipeline``: prior samples through a ConvVAE's decoder.
 * ``GANPipeline``: latents through a DCGAN generator or a VAE-GAN decoder.
+* ``ClassConditionalPipeline``: a class-conditional UNet with classifier-free guidance.
 """
 
 from pipelines.pipeline_baselines import GANPipeline, VAEPipeline
+from pipelines.pipeline_conditional import ClassConditionalPipeline
 
-__all__ = ["GANPipeline", "VAEPipeline"]
+__all__ = ["ClassConditionalPipeline", "GANPipeline", "VAEPipeline"]

@@ -73,6 +73,10 @@ class DataArguments:
         metadata={"help": "Held-out fraction when the dataset has no validation/test split."},
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the held-out validation split."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column of class labels (or context vectors) for --class_conditional; "
+                                        "unset: a ClassLabel column or 'label'."}
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training images (quick runs)."}
     )
@@ -120,6 +124,15 @@ class ModelArguments:
     base_channels: int = field(default=64, metadata={"help": "Baselines' first conv width (doubles per level)."})
     kl_weight: float = field(default=1.0, metadata={"help": "VAE / VAE-GAN weight of the KL term."})
     adversarial_weight: float = field(default=0.1, metadata={"help": "VAE-GAN weight of the adversarial term."})
+    class_conditional: bool = field(
+        default=False, metadata={"help": "ddpm: condition the UNet on --label_column (classifier-free guidance)."}
+    )
+    condition_dropout: float = field(
+        default=0.1, metadata={"help": "Probability of training a step's image without its label (Ho & Salimans)."}
+    )
+    guidance_scale: float = field(
+        default=2.0, metadata={"help": "Guidance for the sample grids and the pipeline's default (1: conditional)."}
+    )
 
     def __post_init__(self):
         _check_choice("model_type", self.model_type, MODEL_TYPES)
@@ -145,6 +158,12 @@ class ModelArguments:
             raise ConfigError("--latent_dim and --base_channels must be positive")
         if self.kl_weight < 0 or self.adversarial_weight < 0:
             raise ConfigError("--kl_weight and --adversarial_weight must be non-negative")
+        if self.class_conditional and self.model_type != "ddpm":
+            raise ConfigError("--class_conditional applies to --model_type ddpm")
+        if not 0 <= self.condition_dropout < 1:
+            raise ConfigError(f"--condition_dropout must be in [0, 1); got {self.condition_dropout}")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"--guidance_scale must be non-negative; got {self.guidance_scale}")
 
     @property
     def diffusers_beta_schedule(self) -> str:
@@ -300,8 +319,8 @@ def _check_recipe_type(path: str, key: str, value) -> None:
 
 HELP_GROUPS = {  # --help shows the flags in these groups, in this order
     "data": [f.name for f in dataclasses.fields(DataArguments)],
-    "model": ["model_type", "model_config_name_or_path", "latent_dim", "base_channels", "kl_weight",
-              "adversarial_weight"],
+    "model": ["model_type", "model_config_name_or_path", "class_conditional", "condition_dropout", "latent_dim",
+              "base_channels", "kl_weight", "adversarial_weight"],
     "diffusion": ["ddpm_num_steps", "ddpm_beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma"],
     "optimisation": ["seed", "train_batch_size", "num_epochs", "max_train_steps", "gradient_accumulation_steps",
                      "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
@@ -310,7 +329,8 @@ HELP_GROUPS = {  # --help shows the flags in these groups, in this order
     "checkpoints and logging": ["output_dir", "overwrite_output_dir", "checkpointing_steps",
                                 "checkpoints_total_limit", "resume_from_checkpoint", "logger", "logging_dir",
                                 "logging_steps"],
-    "sampling (grids)": ["eval_batch_size", "save_images_epochs", "num_sample_images", "variance_type",
+    "sampling (grids)": ["eval_batch_size", "save_images_epochs", "num_sample_images", "guidance_scale",
+                         "variance_type",
                          "ddpm_num_inference_steps", "ddim_num_inference_steps", "ddim_eta"],
     "Hub": ["push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"],
     "speed": ["mixed_precision", "allow_tf32", "channels_last", "torch_compile", "dataset_on_device",

@@ -64,7 +64,10 @@ def load_image_datasets(args: DataArguments) -> ImageDatasets:
     raw, source = _load_raw(args)
     train, validation = _pick_splits(raw, args, source)
     image_column = find_image_column(train, args.image_column, source)
-    label_column = _find_label_column(train)
+    label_column = args.label_column or _find_label_column(train)
+    if args.label_column is not None and args.label_column not in train.column_names:
+        raise DataError(f"{source} has no column {args.label_column!r} (--label_column); its columns are "
+                        f"{', '.join(train.column_names)}")
     class_names = None
     if label_column is not None:
         feature = train.features[label_column]
@@ -224,11 +227,54 @@ def _find_label_column(dataset) -> str | None:
     return None
 
 
-def load_sprites_npy(folder: str):
-    """The Sprites course files as a Dataset with ``image`` (PNG) and, if present, ``label``.
+@dataclass
+class Labels:
+    """A split's conditioning: class indices (N,) with their names, or context vectors (N, K)."""
 
-    ``sprites_1788_16x16.npy`` is uint8 (N, H, W, 3); ``sprite_labels_nc_1788_16x16.npy`` is a
-    float one-hot (N, 5) over hero, non-hero, food, spell, side-facing.
+    values: torch.Tensor
+    names: list[str] | None
+
+    @property
+    def is_context(self) -> bool:
+        return self.values.ndim == 2
+
+    @property
+    def size(self) -> int:
+        """Number of classes, or the context vector's length."""
+        if self.is_context:
+            return self.values.shape[1]
+        return len(self.names) if self.names else int(self.values.max()) + 1
+
+
+def load_labels(dataset, column: str | None, class_names: list[str] | None, source: str) -> Labels:
+    """The labels of ``column``: integers (classes) or equal-length 0/1 vectors (context); DataError else."""
+    if column is None:
+        raise DataError(f"{source} has no label column: class-conditional training needs one (--label_column)")
+    values = dataset[column]
+    if any(v is None for v in values):
+        raise DataError(f"column {column!r} of {source} has missing labels")
+    if values and isinstance(values[0], (list, tuple)):
+        array = np.asarray(values, dtype=np.float32)
+        if array.ndim != 2 or not np.isin(array, (0, 1)).all():
+            raise DataError(f"column {column!r} of {source} must hold class indices or 0/1 context vectors")
+        return Labels(torch.from_numpy(array), None)
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"column {column!r} of {source} must hold integer class labels; found {array.dtype}")
+    count = len(class_names) if class_names else int(array.max()) + 1
+    if array.min() < 0 or array.max() >= count:
+        raise DataError(f"column {column!r} of {source} has labels outside 0 ... {count - 1}: "
+                        f"{int(array.min())} ... {int(array.max())}")
+    return Labels(torch.from_numpy(array.astype(np.int64)), class_names)
+
+
+def load_sprites_npy(folder: str):
+    """The Sprites course files as a Dataset with ``image`` (PNG) and, if present, the labels.
+
+    ``sprites_1788_16x16.npy`` is uint8 (N, H, W, 3); ``sprite_labels_nc_1788_16x16.npy`` is float
+    (N, 5) over hero, non-hero, food, spell, side-facing. The course's file is one-hot (every row
+    a single 1): it becomes the ClassLabel column ``label``. Rows with several 1s (multi-hot) become
+    the 0/1 vector column ``context`` instead, for a learned context embedding.
     """
     import datasets
 
@@ -248,10 +294,14 @@ def load_sprites_npy(folder: str):
         expected = (len(images), len(SPRITES_CLASS_NAMES))
         if one_hot.shape != expected:
             raise DataError(f"{labels_path} must have shape {expected} to match the images; found {one_hot.shape}")
-        if not (np.isin(one_hot, (0, 1)).all() and (one_hot.sum(axis=1) == 1).all()):
-            raise DataError(f"{labels_path} must be one-hot: each row a single 1 and zeros elsewhere")
-        columns["label"] = one_hot.argmax(axis=1).tolist()
-        features["label"] = datasets.ClassLabel(names=list(SPRITES_CLASS_NAMES))
+        if not np.isin(one_hot, (0, 1)).all():
+            raise DataError(f"{labels_path} must hold 0/1 values (one-hot or multi-hot rows)")
+        if (one_hot.sum(axis=1) == 1).all():
+            columns["label"] = one_hot.argmax(axis=1).tolist()
+            features["label"] = datasets.ClassLabel(names=list(SPRITES_CLASS_NAMES))
+        else:
+            columns["context"] = one_hot.astype(np.float32).tolist()
+            features["context"] = datasets.Sequence(datasets.Value("float32"), length=len(SPRITES_CLASS_NAMES))
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
@@ -448,12 +498,19 @@ class ImageFeeder:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def use_labels(self, labels: torch.Tensor) -> None:
+        """Yield each batch's labels too (a small tensor: kept on the device whatever the images do)."""
+        self.labels = labels.to(self.device)
+
     def epoch(self, epoch: int, start_batch: int = 0):
+        """(images in [-1, 1], labels or None) for each batch of ``epoch`` from ``start_batch`` on."""
+        labels = getattr(self, "labels", None)
         for indices in self.batches.epoch(epoch, start_batch, self.device if self.on_device else None):
             if self.on_device:
-                yield uint8_to_model_range(self.images[indices])
+                images = uint8_to_model_range(self.images[indices])
             else:
-                yield self.dataset[indices.tolist()]["pixel_values"].to(self.device, non_blocking=True)
+                images = self.dataset[indices.tolist()]["pixel_values"].to(self.device, non_blocking=True)
+            yield images, None if labels is None else labels[indices.to(self.device)]
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_hflip(images, generator) if self.random_flip else images

@@ -32,34 +32,43 @@ BASELINE_PIPELINES = {
     "vae": BaselinePipeline("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE"),
     "gan": BaselinePipeline("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder"),
 }
-OWN_PIPELINE_CLASSES = tuple(p.class_name for p in BASELINE_PIPELINES.values())
+OWN_PIPELINE_CLASSES = (*(p.class_name for p in BASELINE_PIPELINES.values()), "ClassConditionalPipeline")
 
 
-def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
-    """``output_dir`` becomes a VAEPipeline or GANPipeline folder that loads three ways.
+def save_custom_pipeline(pipeline, module: str, output_dir: str, component_files: dict | None = None) -> None:
+    """Save one of our pipelines so that it loads three ways.
 
-    ``VAEPipeline.from_pretrained`` (our installed code), and ``DiffusionPipeline.from_pretrained(
-    output_dir, trust_remote_code=True)`` on a machine with only diffusers: the pipeline file and
-    the model file are copied in, and model_index.json names them as diffusers expects for custom
-    pipelines and components.
+    ``OurPipeline.from_pretrained`` (this project installed), and ``DiffusionPipeline.from_pretrained(
+    output_dir, trust_remote_code=True)`` on a machine with only diffusers: ``pipelines/<module>.py``
+    is copied in and model_index.json names it as diffusers expects for custom pipelines;
+    ``component_files`` ({component: (model file, class name)}) copy custom model code the same way.
     """
     import shutil
 
-    import models.baselines
     import pipelines
 
-    pipeline_file, class_name, component, model_class = BASELINE_PIPELINES[kind]
-    pipeline = getattr(pipelines, class_name)(**{component: model})
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     index_path = os.path.join(output_dir, "model_index.json")
     with open(index_path) as f:
         index = json.load(f)
-    index["_class_name"] = [pipeline_file, class_name]
-    index[component] = ["baselines", model_class]
+    index["_class_name"] = [module, type(pipeline).__name__]
+    for component, (model_file, model_class) in (component_files or {}).items():
+        index[component] = [os.path.splitext(os.path.basename(model_file))[0], model_class]
+        shutil.copyfile(model_file, os.path.join(output_dir, component, os.path.basename(model_file)))
     save_json(index_path, index)
-    shutil.copyfile(os.path.join(os.path.dirname(pipelines.__file__), f"{pipeline_file}.py"),
-                    os.path.join(output_dir, f"{pipeline_file}.py"))
-    shutil.copyfile(models.baselines.__file__, os.path.join(output_dir, component, "baselines.py"))
+    shutil.copyfile(os.path.join(os.path.dirname(pipelines.__file__), f"{module}.py"),
+                    os.path.join(output_dir, f"{module}.py"))
+
+
+def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
+    """``output_dir`` becomes a VAEPipeline or GANPipeline folder (see ``save_custom_pipeline``)."""
+    import models.baselines
+    import pipelines
+
+    spec = BASELINE_PIPELINES[kind]
+    pipeline = getattr(pipelines, spec.class_name)(**{spec.component: model})
+    save_custom_pipeline(pipeline, spec.module, output_dir,
+                         {spec.component: (models.baselines.__file__, spec.model_class)})
 
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,

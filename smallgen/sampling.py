@@ -19,11 +19,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reverse_process(unet, scheduler, num_inference_steps: int, generators: list[torch.Generator],
-                    eta: float | None = None, channels_last: bool = False, progress: bool = False):
+                    eta: float | None = None, channels_last: bool = False, progress: bool = False, predict=None):
     """Yield (t, x_t, step output) for every step, from noise drawn by ``generators`` (one per image).
 
     ``scheduler`` is any object with diffusers' call shape (``set_timesteps``, ``timesteps``,
     ``step``); ``eta`` is passed to DDIM-style steps. The last output's ``prev_sample`` is x_0.
+    ``predict(x, t)`` replaces ``unet(x, t).sample`` (e.g. classifier-free guidance).
     """
     from tqdm.auto import tqdm
 
@@ -37,7 +38,7 @@ def reverse_process(unet, scheduler, num_inference_steps: int, generators: list[
         model_input = x.to(dtype)
         if channels_last:
             model_input = model_input.contiguous(memory_format=torch.channels_last)
-        model_output = unet(model_input, t.to(device)).sample.float()
+        model_output = (predict(model_input, t.to(device)) if predict else unet(model_input, t.to(device)).sample).float()
         output = scheduler.step(model_output, t, x, generator=generators, **step_kwargs)
         yield t, x, output
         x = output.prev_sample
@@ -46,16 +47,21 @@ def reverse_process(unet, scheduler, num_inference_steps: int, generators: list[
 @torch.no_grad()
 def sample_images(unet, scheduler, num_images: int, num_inference_steps: int, seed: int = 0,
                   batch_size: int = 64, device=None, eta: float | None = None, channels_last: bool = False,
-                  progress: bool = False, first_index: int = 0) -> torch.Tensor:
-    """``num_images`` samples as uint8 (N, C, H, W) on the CPU: images first_index ... of ``seed``."""
+                  progress: bool = False, first_index: int = 0, predict_for=None) -> torch.Tensor:
+    """``num_images`` samples as uint8 (N, C, H, W) on the CPU: images first_index ... of ``seed``.
+
+    ``predict_for(start, end)`` gives the ``predict`` function for images start ... end - 1 (e.g.
+    their class labels with guidance); unset, the UNet is called plainly.
+    """
     device = torch.device(device or next(unet.parameters()).device)
     out = []
     for start in range(first_index, first_index + num_images, batch_size):
         n = min(batch_size, first_index + num_images - start)
         generators = image_generators(seed, range(start, start + n), device)
         x = None
+        predict = predict_for(start - first_index, start - first_index + n) if predict_for else None
         for _, _, output in reverse_process(unet, scheduler, num_inference_steps, generators, eta, channels_last,
-                                            progress):
+                                            progress, predict):
             x = output.prev_sample
         out.append(to_uint8(x).cpu())
     return torch.cat(out)

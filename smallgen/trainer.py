@@ -39,6 +39,7 @@ from smallgen.data import ImageFeeder, decode_to_uint8, load_image_datasets, uin
 from smallgen.errors import ConfigError, UserError
 from smallgen.files import read_json, save_json
 from smallgen.metrics import MetricsLog
+from smallgen.objectives.base import MicroBatch
 from smallgen.seeding import derived_seed, step_generator, validation_generator
 
 
@@ -70,19 +71,21 @@ class StepPlan:
         return cls(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
 
 
-def build_objective(data_args, model_args, args):
+def build_objective(data_args, model_args, args, labels=None):
     """The model type's Objective with its networks built (ConfigError on bad settings)."""
     from smallgen.objectives import objective_class
 
-    objective = objective_class(model_args.model_type)(data_args, model_args, args)
+    cls = objective_class(model_args.model_type, model_args.class_conditional)
+    objective = cls(data_args, model_args, args, labels) if cls.needs_labels else cls(data_args, model_args, args)
     objective.check_arguments()
     return objective
 
 
 class Trainer:
-    def __init__(self, objective, accelerator, feeder, validation_images, resume_path, data_args, model_args, args):
+    def __init__(self, objective, accelerator, feeder, validation, resume_path, data_args, model_args, args):
         self.objective, self.accelerator, self.feeder = objective, accelerator, feeder
-        self.validation_images, self.resume_path = validation_images, resume_path
+        self.validation_images, self.validation_labels = validation  # labels None unless the objective needs them
+        self.resume_path = resume_path
         self.data_args, self.model_args, self.args = data_args, model_args, args
         self.accumulation = args.gradient_accumulation_steps
         self.plan = StepPlan.for_run(len(feeder), args)
@@ -205,13 +208,14 @@ class Trainer:
         micro_batches = []
         for micro in range(self.accumulation):
             generator = step_generator(self.accelerator.device, self.args.seed, self.global_step, micro, process)
-            micro_batches.append((self.feeder.augment(next(batches), generator), generator))
+            images, labels = next(batches)
+            micro_batches.append(MicroBatch(self.feeder.augment(images, generator), generator, labels))
         for key, value in self.objective.train_step(micro_batches).items():
             self.sums[key] = self.sums.get(key, 0) + value
         for scheduler in self.objective.lr_schedulers.values():
             scheduler.step()
         self.count += 1
-        self.images_in_interval += sum(len(images) for images, _ in micro_batches) * self.accelerator.num_processes
+        self.images_in_interval += sum(len(b.images) for b in micro_batches) * self.accelerator.num_processes
         self.global_step += 1
         self.progress.update(1)
 
@@ -315,7 +319,8 @@ class Trainer:
             if b % accelerator.num_processes != accelerator.process_index:
                 continue
             clean = uint8_to_model_range(images[start:start + batch].to(device))
-            for key, value in self.objective.validation_losses(clean, validation_generator(device, b)).items():
+            labels = None if self.validation_labels is None else self.validation_labels[start:start + batch].to(device)
+            for key, value in self.objective.validation_losses(clean, validation_generator(device, b), labels).items():
                 totals[key] = totals.get(key, torch.zeros((), device=device)) + value.float() * len(clean)
             count += len(clean)
         self.objective.train_mode(True)
@@ -327,9 +332,10 @@ class Trainer:
         from smallgen.plots import save_image_grid
 
         self.sample_paths = []
-        for name, images in self.objective.sample_grids(self.args.num_sample_images, self.args.seed).items():
+        for name, grid in self.objective.sample_grids(self.args.num_sample_images, self.args.seed).items():
+            images, per_row = grid if isinstance(grid, tuple) else (grid, None)  # (images, images per row)
             file = f"{tag}_{name}.png" if name else f"{tag}.png"
-            path = save_image_grid(images, os.path.join(self.args.output_dir, "samples", file))
+            path = save_image_grid(images, os.path.join(self.args.output_dir, "samples", file), per_row)
             self.sample_paths.append(os.path.relpath(path, self.args.output_dir))
             self.metrics.log_images(f"samples/{name}" if name else "samples", images, self.global_step)
 
@@ -373,7 +379,10 @@ def train(data_args, model_args, args) -> dict:
 
     resuming = args.resume_from_checkpoint is not None
     set_seed(args.seed)  # before the networks are built: their initial weights come from it
-    objective = build_objective(data_args, model_args, args)
+    from smallgen.objectives import objective_class
+
+    needs_labels = objective_class(model_args.model_type, model_args.class_conditional).needs_labels
+    objective = None if needs_labels else build_objective(data_args, model_args, args)  # config errors first
     check_output_dir(args.output_dir, resuming, args.overwrite_output_dir)
     resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     accelerator = Accelerator(
@@ -386,14 +395,19 @@ def train(data_args, model_args, args) -> dict:
     with accelerator.main_process_first():  # one process fills the datasets cache
         data = load_image_datasets(data_args)
     accelerator.print(f"data: {data.summary()}")
+    labels, validation_labels = _labels(data, needs_labels)
+    objective = objective or build_objective(data_args, model_args, args, labels)
     feeder = ImageFeeder(data.train, data.image_column, data_args, args, accelerator)
+    if labels is not None:
+        feeder.use_labels(labels.values)
     validation_images = None
     if data.validation is not None and len(data.validation):
         validation_images = decode_to_uint8(data.validation, data.image_column, data_args,
                                             desc="loading validation images", show_progress=accelerator.is_main_process)
         if feeder.on_device:
             validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
-    trainer = Trainer(objective, accelerator, feeder, validation_images, resume_path, data_args, model_args, args)
+    trainer = Trainer(objective, accelerator, feeder, (validation_images, validation_labels), resume_path,
+                      data_args, model_args, args)
     lock = RunLock(args.output_dir)
     try:
         if accelerator.is_main_process:  # everything above was checked: only now may the folder change
@@ -403,6 +417,19 @@ def train(data_args, model_args, args) -> dict:
         return trainer.run()
     finally:
         lock.release()
+
+
+def _labels(data, needed: bool):
+    """(training Labels, validation label values) when the objective conditions on labels, else Nones."""
+    if not needed:
+        return None, None
+    from smallgen.data import load_labels
+
+    labels = load_labels(data.train, data.label_column, data.class_names, data.source)
+    validation = None
+    if data.validation is not None and len(data.validation):
+        validation = load_labels(data.validation, data.label_column, labels.names, data.source).values
+    return labels, validation
 
 
 def main(argv: list[str] | None = None) -> dict:

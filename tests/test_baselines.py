@@ -46,6 +46,7 @@ def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
 
     from smallgen.config import ModelArguments
     from smallgen.objectives import objective_class
+    from smallgen.objectives.base import MicroBatch
 
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
     images = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear")  # learnable structure
     # The quantity each update minimises, on a fixed batch: the VAE's loss; a GAN's discriminator loss.
     watched = "d_loss" if model_type == "dcgan" else "train_loss"
-    history = [objective.train_step([(images, torch.Generator().manual_seed(s))]) for s in range(60)]
+    history = [objective.train_step([MicroBatch(images, torch.Generator().manual_seed(s))]) for s in range(60)]
     assert all(torch.isfinite(v).all() for h in history for v in h.values())
     first = sum(h[watched].item() for h in history[:5]) / 5
     final = sum(h[watched].item() for h in history[-5:]) / 5

@@ -273,7 +273,7 @@ def test_bad_sprites_files(tmp_path):
     with pytest.raises(DataError, match="must have shape"):
         load_sprites_npy(str(tmp_path))
     np.save(tmp_path / SPRITES_LABELS_FILE, np.full((4, 5), 0.2))
-    with pytest.raises(DataError, match="must be one-hot"):
+    with pytest.raises(DataError, match="must hold 0/1 values"):
         load_sprites_npy(str(tmp_path))
     (tmp_path / SPRITES_IMAGES_FILE).write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(DataError, match="could not read .* as a .npy array"):
@@ -288,3 +288,30 @@ def test_bad_arguments():
         DataArguments(validation_fraction=1.5)
     with pytest.raises(DataError, match="--interpolation must be one of"):
         DataArguments(interpolation="cubic-ish")
+
+
+def test_sprites_multi_hot_labels_become_context_vectors(tmp_path):
+    from smallgen.data import load_labels
+
+    np.save(tmp_path / SPRITES_IMAGES_FILE, np.zeros((4, 16, 16, 3), dtype=np.uint8))
+    multi_hot = np.array([[1, 0, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0], [1, 0, 0, 0, 0]], dtype=np.float64)
+    np.save(tmp_path / SPRITES_LABELS_FILE, multi_hot)
+    dataset = load_sprites_npy(str(tmp_path))
+    assert "label" not in dataset.column_names
+    labels = load_labels(dataset, "context", None, "sprites")
+    assert labels.is_context and labels.size == 5 and torch.equal(labels.values, torch.tensor(multi_hot).float())
+
+
+def test_labels_are_checked(tmp_path):
+    from smallgen.data import load_labels
+
+    ok = datasets.Dataset.from_dict({"label": [0, 2, 1]})
+    assert load_labels(ok, "label", ["a", "b", "c"], "x").values.tolist() == [0, 2, 1]
+    with pytest.raises(DataError, match="labels outside 0 ... 1: 0 ... 2"):
+        load_labels(ok, "label", ["a", "b"], "x")
+    with pytest.raises(DataError, match="missing labels"):
+        load_labels(datasets.Dataset.from_dict({"label": [0, None]}), "label", None, "x")
+    with pytest.raises(DataError, match="has no label column"):
+        load_labels(ok, None, None, "x")
+    with pytest.raises(DataError, match="integer class labels"):
+        load_labels(datasets.Dataset.from_dict({"label": [0.5, 1.0]}), "label", None, "x")

@@ -311,9 +311,11 @@ def test_every_recipe_parses_and_builds_its_network(recipe):
     from smallgen.config import parse_args
 
     data_args, diffusion_args, train_args = parse_args(["--config", str(ROOT / "configs" / recipe)])
+    from smallgen.data import Labels
     from smallgen.trainer import build_objective
 
-    objective = build_objective(data_args, diffusion_args, train_args)  # every check, no file touched
+    labels = Labels(torch.arange(10), [f"class {i}" for i in range(10)]) if diffusion_args.class_conditional else None
+    objective = build_objective(data_args, diffusion_args, train_args, labels)  # every check, no file touched
     assert all(sum(p.numel() for p in n.parameters()) > 1e5 for n in objective.networks.values())
     if diffusion_args.model_type != "ddpm":
         return

@@ -10,13 +10,14 @@ from importlib import import_module
 
 OBJECTIVES = {
     "ddpm": "smallgen.objectives.diffusion:DiffusionObjective",
+    "ddpm+class": "smallgen.objectives.conditional:ClassConditionalObjective",  # --class_conditional
     "vae": "smallgen.objectives.baselines:VAEObjective",
     "dcgan": "smallgen.objectives.baselines:DCGANObjective",
     "vaegan": "smallgen.objectives.baselines:VAEGANObjective",
 }
-MODEL_TYPES = tuple(OBJECTIVES)
+MODEL_TYPES = tuple(k for k in OBJECTIVES if "+" not in k)  # "+class": a variant chosen by a flag
 
 
-def objective_class(model_type: str):
-    module, name = OBJECTIVES[model_type].split(":")
+def objective_class(model_type: str, class_conditional: bool = False):
+    module, name = OBJECTIVES[f"{model_type}+class" if class_conditional else model_type].split(":")
     return getattr(import_module(module), name)

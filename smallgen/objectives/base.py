@@ -7,11 +7,12 @@ networks, optimizers, lr schedules and extra checkpoint state, and answers these
 * ``check_arguments()``: raise ConfigError for settings this model type cannot take (before
   anything is written);
 * ``setup(accelerator, max_train_steps)``: optimizers, lr schedules, ``accelerator.prepare``;
-* ``train_step(micro_batches)``: one optimizer step over (images, generator) micro-batches; returns
-  a dict of device tensors to log (no host sync);
-* ``validation_losses(images, generator)``: batch-mean losses of clean images, keyed by
+* ``train_step(micro_batches)``: one optimizer step over ``MicroBatch``es; returns a dict of device
+  tensors to log (no host sync);
+* ``validation_losses(images, generator, labels)``: batch-mean losses of clean images, keyed by
   ``validation_names`` (eval mode is set by the loop, which splits batches over processes and reduces);
-* ``sample_grids(num_images, seed)``: {name: uint8 images}, image i depending only on (seed, i);
+* ``sample_grids(num_images, seed)``: {name: uint8 images, or (images, images per row)}, image i
+  depending only on (seed, i);
 * ``export(output_dir)``: write the pipeline folder; returns a ``ModelCardText``.
 """
 
@@ -20,6 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class MicroBatch:
+    """Images in [-1, 1] on the device, their labels (None unless the objective needs them) and the
+    generator every random draw of this micro-batch comes from (seeded by seed, step, micro, process)."""
+
+    images: torch.Tensor
+    generator: torch.Generator
+    labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -32,6 +43,7 @@ class ModelCardText:
 
 class Objective:
     name = ""  # the --model_type
+    needs_labels = False  # constructed with the training labels (smallgen.data.Labels) when True
     validation_names: tuple[str, ...] = ()  # the keys validation_losses returns (none: no validation)
 
     def __init__(self, data_args, model_args, train_args):
@@ -105,7 +117,8 @@ class Objective:
     # ------------------------------------------------------------------ evaluation and export
 
     @torch.no_grad()
-    def validation_losses(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def validation_losses(self, images: torch.Tensor, generator: torch.Generator,
+                          labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
     @torch.no_grad()

@@ -97,13 +97,14 @@ class VAEObjective(BaselineObjective):
         return recon + self.model_args.kl_weight * kl, recon, kl, reconstruction, generated
 
     def train_step(self, micro_batches):
-        ((images, generator),) = micro_batches
+        (batch,) = micro_batches  # baselines step every batch: no accumulation
+        images, generator = batch.images, batch.generator
         loss, recon, kl, _, _ = self.vae_losses(self.networks["vae"], images, self.latents(len(images), generator))
         self.update("vae", loss)
         return {"train_loss": loss.detach(), "recon_loss": recon.detach(), "kl_loss": kl.detach()}
 
     @torch.no_grad()
-    def validation_losses(self, images, generator):
+    def validation_losses(self, images, generator, labels=None):
         loss, recon, kl, _, _ = self.vae_losses(self.networks["vae"], images, self.latents(len(images), generator))
         return {"val_loss": loss, "val_recon_loss": recon, "val_kl_loss": kl}
 
@@ -128,7 +129,8 @@ class DCGANObjective(BaselineObjective):
                 "discriminator": ConvDiscriminator(resolution, 3, m.base_channels)}
 
     def train_step(self, micro_batches):
-        ((images, generator),) = micro_batches
+        (batch,) = micro_batches  # baselines step every batch: no accumulation
+        images, generator = batch.images, batch.generator
         g, d = self.networks["generator"], self.networks["discriminator"]
         with self.accelerator.autocast():
             fake = g(self.latents(images.shape[0], generator))
@@ -157,7 +159,8 @@ class VAEGANObjective(VAEObjective):
                 "discriminator": ConvDiscriminator(self.data_args.resolution, 3, m.base_channels)}
 
     def train_step(self, micro_batches):
-        ((images, generator),) = micro_batches
+        (batch,) = micro_batches  # baselines step every batch: no accumulation
+        images, generator = batch.images, batch.generator
         vae, d = self.networks["vae"], self.networks["discriminator"]
         noise, prior = self.latents(len(images), generator), self.latents(len(images), generator)
         loss, recon, kl, reconstruction, generated = self.vae_losses(vae, images, noise, prior)

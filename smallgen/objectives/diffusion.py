@@ -8,7 +8,7 @@ import dataclasses
 import torch
 
 from smallgen.errors import ConfigError
-from smallgen.objectives.base import ModelCardText, Objective
+from smallgen.objectives.base import MicroBatch, ModelCardText, Objective
 
 
 def scheduler_config(model_args) -> dict:
@@ -44,10 +44,9 @@ class DiffusionObjective(Objective):
         super().__init__(data_args, model_args, train_args)
         from models.losses import DiffusionLoss
         from models.schedulers import NoiseSchedule
-        from models.unet import create_unet
 
         try:
-            self.unet = create_unet(model_args.model_config_name_or_path, data_args.resolution)
+            self.unet = self.make_unet()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if train_args.channels_last:
@@ -58,6 +57,11 @@ class DiffusionObjective(Objective):
         self.loss = DiffusionLoss(schedule, model_args.snr_gamma)
         self.ema = None
         self.compiled = None
+
+    def make_unet(self):
+        from models.unet import create_unet
+
+        return create_unet(self.model_args.model_config_name_or_path, self.data_args.resolution)
 
     def describe(self) -> str:
         return f"UNet2DModel, {sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M parameters"
@@ -88,7 +92,7 @@ class DiffusionObjective(Objective):
             return {}
         return {"ema": self.ema}
 
-    def denoiser(self, network):
+    def denoiser(self, network, batch: MicroBatch | None = None, training: bool = True):
         """The network as the loss sees it: (x_t, t) -> prediction."""
         channels_last = self.train_args.channels_last
 
@@ -103,12 +107,11 @@ class DiffusionObjective(Objective):
         accelerator, args = self.accelerator, self.train_args
         optimizer = self.optimizers["unet"]
         total, count = None, 0
-        denoiser = self.denoiser(self.compiled)
-        for index, (images, generator) in enumerate(micro_batches):
+        for index, batch in enumerate(micro_batches):
             last = index == args.gradient_accumulation_steps - 1
             with accelerator.no_sync(self.unet) if not last else contextlib.nullcontext():
                 with accelerator.autocast():
-                    loss = self.loss(denoiser, images, generator).mean()
+                    loss = self.loss(self.denoiser(self.compiled, batch), batch.images, batch.generator).mean()
                 accelerator.backward(loss / args.gradient_accumulation_steps)
             total = loss.detach() if total is None else total + loss.detach()
             count += 1
@@ -121,9 +124,10 @@ class DiffusionObjective(Objective):
         return {"train_loss": total / count}
 
     @torch.no_grad()
-    def validation_losses(self, images, generator):
+    def validation_losses(self, images, generator, labels=None):
+        batch = MicroBatch(images, generator, labels)
         with self.accelerator.autocast():
-            return {"val_loss": self.loss(self.denoiser(self.unet), images, generator).mean()}
+            return {"val_loss": self.loss(self.denoiser(self.unet, batch, training=False), images, generator).mean()}
 
     def averaged_unet(self):
         """The weights to sample and export: the EMA if kept, else the trained ones (a copy, eval mode)."""

@@ -1,0 +1,201 @@
+"""Class-conditional diffusion with classifier-free guidance: training, guidance, pipeline, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+from tests.test_training import run_training, tiny_args
+
+
+def red_and_blue(folder, count=64, size=8, seed=0):
+    """A parquet of mostly-red (class 0, 'red') and mostly-blue (class 1, 'blue') noisy images."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(count):
+        label = i % 2
+        pixels = rng.integers(0, 60, (size, size, 3))
+        pixels[..., 0 if label == 0 else 2] += 180
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+        labels.append(label)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "blue"])})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.parquet"
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_unet_config(tmp_path_factory):
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[32, 64], norm_num_groups=8, dropout=0.0)
+    path = tmp_path_factory.mktemp("cfg") / "unet.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def conditional_args(data, config, out, **overrides):
+    values = dict(dataset_name=data, resolution=8, class_conditional=True, condition_dropout=0.2, ddpm_num_steps=100,
+                  ddpm_beta_schedule="cosine",  # T = 100 linear betas would stop at alpha_bar 0.37, far from noise
+                  train_batch_size=16, learning_rate=2e-3, lr_warmup_steps=10, validation_fraction=0.125,
+                  num_sample_images=4, ddim_num_inference_steps=5, ddpm_num_inference_steps=5)
+    values.update(overrides)
+    return tiny_args(None, config, out, **values)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_unet_config):
+    """A tiny conditional model trained on red vs blue (a few hundred CPU steps)."""
+    root = tmp_path_factory.mktemp("conditional")
+    data = red_and_blue(root / "data")
+    out = root / "run"
+    run_training(conditional_args(data, small_unet_config, out, max_train_steps=300, logging_steps=50,
+                                  checkpointing_steps=300, save_images_epochs=1000, num_sample_images=6))
+    return out
+
+
+def _mean_colour(images: np.ndarray) -> tuple[float, float]:
+    """(mean red, mean blue) of (N, H, W, 3) images in [0, 1]."""
+    return float(images[..., 0].mean()), float(images[..., 2].mean())
+
+
+def test_conditioning_makes_the_asked_for_colour(trained):
+    from pipelines import ClassConditionalPipeline
+
+    pipe = ClassConditionalPipeline.from_pretrained(trained)  # its exported DDPM scheduler
+    pipe.set_progress_bar_config(disable=True)
+    splits = {}
+    for scale in (1.0, 3.0):
+        colours = {}
+        for name in ("red", "blue"):
+            images = pipe(class_labels=[name] * 16, guidance_scale=scale, num_inference_steps=50,
+                          generator=torch.Generator().manual_seed(0), output_type="np").images
+            colours[name] = _mean_colour(images)
+        (red_r, red_b), (blue_r, blue_b) = colours["red"], colours["blue"]
+        assert red_r > red_b and blue_b > blue_r, (scale, colours)  # class 0 red, class 1 blue
+        splits[scale] = (red_r - red_b) + (blue_b - blue_r)
+    assert splits[1.0] > 0.2 and splits[3.0] > 0.6, splits
+    assert splits[3.0] > splits[1.0], splits  # guidance sharpens the split
+
+
+def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(trained):
+    from diffusers import UNet2DModel
+
+    from pipelines.pipeline_conditional import guided_noise_prediction
+
+    unet = UNet2DModel.from_pretrained(trained / "unet").eval()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor(40)
+    labels, null = torch.tensor([0, 1, 0]), torch.full((3,), 2)
+    with torch.no_grad():
+        conditional = unet(x, t, class_labels=labels).sample
+        unconditional = unet(x, t, class_labels=null).sample
+        assert torch.equal(guided_noise_prediction(unet, x, t, labels, 2, 1.0), conditional)
+        assert torch.equal(guided_noise_prediction(unet, x, t, labels, 2, 0.0), unconditional)
+        assert torch.equal(guided_noise_prediction(unet, x, t, None, 2, 4.0), unconditional)
+        mixed = guided_noise_prediction(unet, x, t, labels, 2, 3.0)
+    assert torch.allclose(mixed, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
+    assert not torch.allclose(conditional, unconditional, atol=1e-3)  # the label does change the prediction
+
+
+def test_the_pipeline_loads_both_ways_and_swaps_schedulers(trained, tmp_path):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from pipelines import ClassConditionalPipeline
+
+    pipe = ClassConditionalPipeline.from_pretrained(trained)
+    assert pipe.class_names == ["red", "blue"]
+    pipe.set_progress_bar_config(disable=True)
+    by_index = pipe(class_labels=[0, 1, 1], num_inference_steps=4, generator=torch.Generator().manual_seed(3),
+                    output_type="np").images
+    by_name = pipe(class_labels=["red", "blue", "blue"], num_inference_steps=4,
+                   generator=torch.Generator().manual_seed(3), output_type="np").images
+    assert by_index.shape == (3, 8, 8, 3) and np.array_equal(by_index, by_name)
+    unconditional = pipe(class_labels=None, batch_size=2, num_inference_steps=4, output_type="np").images
+    assert unconditional.shape == (2, 8, 8, 3)
+    for scheduler in (DDIMScheduler, DPMSolverMultistepScheduler):
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+        assert pipe(class_labels=[1], num_inference_steps=4, output_type="np").images.shape == (1, 8, 8, 3)
+    with pytest.raises(ValueError, match="class label 2 is not a class index 0 ... 1 or a name"):
+        pipe(class_labels=[2])
+    with pytest.raises(ValueError, match="unknown class 'green'; the classes are red, blue"):
+        pipe(class_labels=["green"])
+    # A machine with only diffusers: the folder's own pipeline file, the same images for the same seed.
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("models", "pipelines", "smallgen"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+import numpy, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(trained)!r}, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+images = pipe(class_labels=[0, 1, 1], num_inference_steps=4, generator=torch.Generator().manual_seed(3),
+              output_type="np").images
+numpy.save({str(tmp_path / "remote.npy")!r}, images)
+print(type(pipe).__name__)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ClassConditionalPipeline" in result.stdout
+    assert np.array_equal(np.load(tmp_path / "remote.npy"), by_index)
+
+
+def test_training_writes_one_grid_row_per_class(trained):
+    from PIL import Image
+
+    grids = sorted((trained / "samples").glob("*_ddim.png"))
+    assert grids, list((trained / "samples").iterdir())
+    width, height = Image.open(grids[-1]).size
+    assert (width, height) == (16 * (3 * 8 + 4 * 2), 16 * (2 * 8 + 3 * 2))  # 2 rows (classes) x 3, framed, x16
+    index = json.loads((trained / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_conditional", "ClassConditionalPipeline"]
+    assert index["class_names"] == ["red", "blue"] and index["unet"] == ["diffusers", "UNet2DModel"]
+
+
+def test_resume_is_exact_with_condition_dropout(tmp_path, small_unet_config):
+    data = red_and_blue(tmp_path / "data", count=32)
+    common = dict(max_train_steps=6, checkpointing_steps=3, condition_dropout=0.5, random_flip=True)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_training(conditional_args(data, small_unet_config, straight, **common))
+    run_training(conditional_args(data, small_unet_config, resumed, **{**common, "max_train_steps": 3}))
+    run_training(conditional_args(data, small_unet_config, resumed, resume_from_checkpoint="latest", **common))
+    a, b = (load_file(folder / "checkpoint-6" / "unet.safetensors") for folder in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    no_dropout = tmp_path / "no-dropout"
+    run_training(conditional_args(data, small_unet_config, no_dropout, **{**common, "condition_dropout": 0.0}))
+    c = load_file(no_dropout / "checkpoint-6" / "unet.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the dropout draws do change training
+
+
+def test_labels_are_required_and_checked(tmp_path, small_unet_config, sprites_dir):
+    import datasets
+
+    from smallgen.errors import DataError
+
+    no_labels = tmp_path / "nolabels.parquet"
+    red_and_blue(tmp_path / "d")
+    table = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "train.parquet"))["train"]
+    table.remove_columns("label").to_parquet(str(no_labels))
+    with pytest.raises(DataError, match="has no label column: class-conditional training needs one"):
+        run_training(conditional_args(no_labels, small_unet_config, tmp_path / "a", max_train_steps=1))
+    with pytest.raises(DataError, match="has no column 'kind' \\(--label_column\\)"):
+        run_training(conditional_args(tmp_path / "d" / "train.parquet", small_unet_config, tmp_path / "b",
+                                      max_train_steps=1, label_column="kind"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
