@@ -58,6 +58,10 @@ class EvaluationArguments:
     num_inference_steps: list[int] = field(
         default_factory=lambda: [50], metadata={"help": "Sampling steps; several values sweep (10 20 50 1000)."}
     )
+    guidance_scale: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "Class-conditional pipelines: classifier-free guidance; several values sweep (0 1 2 4)."}
+    )
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 deterministic, 1 DDPM-like)."})
     batch_size: int = field(default=256, metadata={"help": "Generation and Inception batch size."})
     seed: int = field(default=0, metadata={"help": "Same seed, same samples."})
@@ -95,6 +99,8 @@ class EvaluationArguments:
             raise ConfigError("--num_samples must be at least 2 (FID needs a covariance)")
         if any(s < 1 for s in self.num_inference_steps):
             raise ConfigError("--num_inference_steps must be positive")
+        if any(g < 0 for g in self.guidance_scale):
+            raise ConfigError("--guidance_scale must be non-negative")
         if self.num_reference is not None and self.num_reference < 2:
             raise ConfigError("--num_reference must be at least 2")
 
@@ -241,13 +247,51 @@ def check_sampler_steps(scheduler, steps: int) -> None:
             raise UserError(f"--num_inference_steps {steps} cannot work with this pipeline's scheduler: {exc}") from None
 
 
-def generate(pipeline, args: EvaluationArguments, steps: int | None, device: torch.device) -> torch.Tensor:
+def is_conditional_pipeline(pipeline) -> bool:
+    return hasattr(pipeline, "label_indices") and hasattr(pipeline, "class_names")
+
+
+def sampling_settings(pipeline, args: EvaluationArguments) -> list[tuple]:
+    """(steps, guidance scale) to sweep: steps for diffusion pipelines, guidance for conditional ones."""
+    if pipeline is None or not is_diffusion_pipeline(pipeline):
+        return [(None, None)]
+    guidance = list(dict.fromkeys(args.guidance_scale)) if is_conditional_pipeline(pipeline) else [None]
+    if guidance != [None] and args.num_samples % len(pipeline.class_names):
+        raise UserError(f"--num_samples {args.num_samples} cannot be split evenly over the pipeline's "
+                        f"{len(pipeline.class_names)} classes: use a multiple of {len(pipeline.class_names)}")
+    return [(steps, scale) for steps in dict.fromkeys(args.num_inference_steps) for scale in guidance]
+
+
+def generate_conditional(pipeline, args: EvaluationArguments, steps: int, guidance: float,
+                         device: torch.device) -> torch.Tensor:
+    """Class-balanced samples (image i of class i mod K), image i from its own (seed, i) generator."""
+    from tqdm.auto import tqdm
+
+    from smallgen.seeding import image_generators
+
+    pipeline.scheduler = make_scheduler(pipeline.scheduler.config, args.scheduler)
+    check_sampler_steps(pipeline.scheduler, steps)
+    classes = len(pipeline.class_names)
+    out = []
+    for start in tqdm(range(0, args.num_samples, args.batch_size), desc=f"sampling (guidance {guidance})"):
+        indices = range(start, min(start + args.batch_size, args.num_samples))
+        images = pipeline(class_labels=[i % classes for i in indices], guidance_scale=guidance,
+                          num_inference_steps=steps, generator=image_generators(args.seed, indices, device),
+                          eta=args.eta, output_type="np").images
+        out.append(torch.from_numpy((images * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2))
+    return torch.cat(out).contiguous()
+
+
+def generate(pipeline, args: EvaluationArguments, steps: int | None, device: torch.device,
+             guidance: float | None = None) -> torch.Tensor:
     """``args.num_samples`` images as uint8 (N, 3, H, W); the same seed gives the same images."""
     from contextlib import nullcontext
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     with autocast:
+        if is_conditional_pipeline(pipeline):
+            return generate_conditional(pipeline, args, steps, guidance, device)
         if is_diffusion_pipeline(pipeline):
             from smallgen.sampling import sample_images
 
@@ -333,7 +377,7 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
         raise UserError("the reference needs at least 2 images")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipeline, settings = None, [None]
+    pipeline = None
     if args.samples_dir:
         fixed_samples = load_samples_dir(args.samples_dir, args.num_samples)
         sample_resolution = fixed_samples.shape[-1]
@@ -343,7 +387,6 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
         pipeline.set_progress_bar_config(disable=True)
         model = args.pipeline
         if is_diffusion_pipeline(pipeline):
-            settings = list(dict.fromkeys(args.num_inference_steps))
             sample_resolution = pipeline.unet.config.sample_size
         else:
             probe = _generate_with_call(pipeline, EvaluationArguments(**{**_fields(args), "num_samples": 2}), device)
@@ -361,25 +404,28 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
                         f"({num_samples}) or reference images ({len(reference)}): lower it or add images")
 
     results = []
-    for steps in settings:
+    settings = sampling_settings(pipeline, args)
+    for steps, guidance in settings:
         started = time.perf_counter()
         if args.samples_dir:
             samples, seconds = fixed_samples, None
         else:
-            samples = generate(pipeline, args, steps, device)
+            samples = generate(pipeline, args, steps, device, guidance)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
         if args.save_samples:
-            save_pngs(samples, args.save_samples if len(settings) == 1 else f"{args.save_samples}/steps_{steps}")
+            name = f"steps_{steps}" + ("" if guidance is None else f"_guidance_{guidance:g}")
+            save_pngs(samples, args.save_samples if len(settings) == 1 else f"{args.save_samples}/{name}")
         metrics = compute_metrics(samples, reference, weights, cache_name=cache_name,
                                   cache_root=os.path.join(cache, "fidelity"), kid_subset_size=kid_subset_size,
                                   isc=args.isc, batch_size=args.batch_size)
         result = _result_row(args, model, pipeline, steps, metrics, len(samples), seconds, device, weights)
+        result["guidance_scale"] = guidance
         result.update(reference=reference_description(args, len(reference), resolution),
                       num_reference=len(reference), kid_subset_size=kid_subset_size)
         results.append(result)
-        print(json.dumps({k: result[k] for k in ("sampler", "steps", "fid", "kid_mean")}), file=sys.stderr)
+        print(json.dumps({k: result[k] for k in ("sampler", "steps", "guidance_scale", "fid")}), file=sys.stderr)
         if on_result is not None:
             on_result(results)
     return results
@@ -422,6 +468,7 @@ def _fields(args) -> dict:
 # ----------------------------------------------------------------------------- output
 
 TABLE_COLUMNS = [("model", "model"), ("sampler", "sampler"), ("steps", "steps"), ("eta", "eta"),
+                 ("guidance_scale", "guidance"),
                  ("num_samples", "samples"), ("num_reference", "reference"), ("fid", "FID"),
                  ("kid_mean", "KID ×10³"), ("images_per_second", "gen img/s"), ("device", "device")]
 

@@ -233,6 +233,7 @@ def plot_fid_vs_steps(results: list[dict], path: str) -> dict:
         if r.get("steps") is None:
             continue
         label = _label(r) + (f" η={r['eta']:g}" if r.get("eta") else "")
+        label += f" guidance {r['guidance_scale']:g}" if r.get("guidance_scale") is not None else ""
         lines.setdefault(label, []).append((r["steps"], r["fid"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
     for label, points in sorted(lines.items()):
@@ -263,3 +264,43 @@ def plot_fid_vs_training_time(points: dict[str, tuple[float, float]], path: str)
     ax.grid(alpha=0.3)
     _save(fig, path)
     return points
+
+
+def plot_guidance_strip(strip: dict[float, torch.Tensor], class_names: list[str], path: str) -> list[float]:
+    """Rows: guidance scales; columns: classes; every row from the same starting noise per column."""
+    plt = _pyplot()
+    scales = list(strip)
+    columns = len(class_names)
+    fig, axes = plt.subplots(len(scales), columns, figsize=(1.2 * columns + 0.8, 1.25 * len(scales) + 0.6),
+                             dpi=100, squeeze=False)
+    for r, scale in enumerate(scales):
+        for c in range(columns):
+            _show(axes[r][c], strip[scale][c])
+            if r == 0:
+                axes[r][c].set_title(class_names[c], fontsize=8)
+        axes[r][0].set_ylabel(f"w = {scale:g}", fontsize=8)
+    fig.suptitle("Classifier-free guidance: the same noise under growing guidance", fontsize=10)
+    _save(fig, path)
+    return scales
+
+
+def plot_fid_vs_guidance(results: list[dict], path: str) -> dict:
+    """FID against the guidance scale, one line per (model, sampler, steps)."""
+    plt = _pyplot()
+    lines: dict[str, list] = {}
+    for r in results:
+        if r.get("guidance_scale") is None:
+            continue
+        lines.setdefault(f"{_label(r)} {r.get('steps')} steps", []).append((r["guidance_scale"], r["fid"]))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
+    for label, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("guidance scale w (0: unconditional, 1: conditional)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title("FID vs classifier-free guidance")
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    return lines

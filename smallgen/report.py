@@ -49,6 +49,10 @@ class RunInfo:
         return self.arguments.get("model_type", "ddpm")
 
     @property
+    def conditional(self) -> bool:
+        return bool(self.arguments.get("class_conditional"))
+
+    @property
     def schedule(self) -> str | None:
         if self.model_type != "ddpm":
             return None
@@ -138,14 +142,7 @@ def _reference_images(args: ReportArguments, runs: list[RunInfo], count: int):
 def write_report(args: ReportArguments) -> str:
     from smallgen.evaluation import read_results
     from smallgen.metrics import read_metrics
-    from smallgen.plots import (
-        plot_fid_vs_steps,
-        plot_fid_vs_training_time,
-        plot_forward_process,
-        plot_loss_curves,
-        plot_progression,
-        plot_reverse_process,
-    )
+    from smallgen.plots import plot_forward_process, plot_loss_curves, plot_progression, plot_reverse_process
 
     runs = [read_run(path) for path in args.runs]
     results = read_results(args.fid) if args.fid else []
@@ -163,25 +160,13 @@ def write_report(args: ReportArguments) -> str:
         sections.extend([f"### {title}", "", f"![{title}](figures/{name})", ""] + ([caption, ""] if caption else []))
 
     if results:
-        sections += ["## FID", ""]
-        if any(r.get("steps") is not None for r in results):
-            plot_fid_vs_steps(results, os.path.join(figures, "fid_vs_steps.png"))
-            figure("FID vs sampling steps", "fid_vs_steps.png")
-        best: dict[str, tuple[float, float]] = {}
-        for r in results:
-            run = match_run(r, runs)
-            seconds = run.results.get("training_seconds") if run else None
-            if seconds is not None and (run.name not in best or r["fid"] < best[run.name][1]):
-                best[run.name] = (seconds / 3600, r["fid"])
-        if best:
-            plot_fid_vs_training_time(best, os.path.join(figures, "fid_vs_training_time.png"))
-            figure("FID vs training time", "fid_vs_training_time.png")
+        _fid_section(results, runs, figures, sections, figure)
 
-    diffusion_runs = [run for run in runs if run.model_type == "ddpm"]
+    diffusion_runs = [run for run in runs if run.model_type == "ddpm" and not run.conditional]
     if runs:
         sections += ["## The diffusion process", ""]
         images, _ = _reference_images(args, runs, args.num_forward_images)
-        if images is not None:
+        if images is not None and len(images):
             from models.schedulers import NoiseSchedule
 
             first = diffusion_runs[0].arguments if diffusion_runs else {}
@@ -198,6 +183,8 @@ def write_report(args: ReportArguments) -> str:
                 figure(f"Reverse process: {run.name}", name,
                        "Rows: x_t and the network's prediction of x_0, for DDPM and DDIM from the same x_T.")
 
+    for run in (run for run in runs if run.conditional):
+        _conditional_section(run, figures, sections, figure)
     if runs:
         sections += ["## Training", ""]
     for run in runs:
@@ -211,6 +198,57 @@ def write_report(args: ReportArguments) -> str:
     with open(path, "w") as f:
         f.write("\n".join(sections))
     return path
+
+
+def _fid_section(results: list[dict], runs: list[RunInfo], figures: str, sections: list, figure) -> None:
+    from smallgen.plots import plot_fid_vs_guidance, plot_fid_vs_steps, plot_fid_vs_training_time
+
+    sections += ["## FID", ""]
+    if any(r.get("steps") is not None for r in results):
+        plot_fid_vs_steps(results, os.path.join(figures, "fid_vs_steps.png"))
+        figure("FID vs sampling steps", "fid_vs_steps.png")
+    if any(r.get("guidance_scale") is not None for r in results):
+        plot_fid_vs_guidance(results, os.path.join(figures, "fid_vs_guidance.png"))
+        figure("FID vs guidance scale", "fid_vs_guidance.png")
+    best: dict[str, tuple[float, float]] = {}
+    for r in results:
+        run = match_run(r, runs)
+        seconds = run.results.get("training_seconds") if run else None
+        if seconds is not None and (run.name not in best or r["fid"] < best[run.name][1]):
+            best[run.name] = (seconds / 3600, r["fid"])
+    if best:
+        plot_fid_vs_training_time(best, os.path.join(figures, "fid_vs_training_time.png"))
+        figure("FID vs training time", "fid_vs_training_time.png")
+
+
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)
+
+
+def _conditional_section(run: RunInfo, figures: str, sections: list, figure, per_class: int = 6) -> None:
+    """A class x samples grid and the same noise under guidance 0, 1, 2, 4, 8."""
+    import torch
+
+    from pipelines import ClassConditionalPipeline
+    from smallgen.plots import plot_guidance_strip, save_image_grid
+    from smallgen.seeding import image_generators
+
+    pipe = ClassConditionalPipeline.from_pretrained(run.path)
+    pipe.set_progress_bar_config(disable=True)
+    names, steps = pipe.class_names, min(50, pipe.scheduler.config.num_train_timesteps)
+
+    def draw(labels, scale):
+        images = pipe(class_labels=labels, guidance_scale=scale, num_inference_steps=steps,
+                      generator=image_generators(0, range(len(labels)), "cpu"), output_type="pt").images
+        return (images * 255).round().to(torch.uint8)
+
+    sections += [f"## Class-conditional generation: {run.name}", ""]
+    grid = draw([c for c in range(len(names)) for _ in range(per_class)], run.arguments.get("guidance_scale", 2.0))
+    save_image_grid(grid, os.path.join(figures, f"classes_{run.name}.png"), nrow=per_class)
+    figure(f"Samples per class: {run.name}", f"classes_{run.name}.png", "Rows: " + ", ".join(names) + ".")
+    strip = {scale: draw(list(range(len(names))), scale) for scale in GUIDANCE_SCALES}
+    plot_guidance_strip(strip, names, os.path.join(figures, f"guidance_{run.name}.png"))
+    figure(f"Guidance: {run.name}", f"guidance_{run.name}.png",
+           "Each column starts from the same noise; w = 0 ignores the class, w = 1 is the plain conditional model.")
 
 
 def _reverse_strips(run: RunInfo, args: ReportArguments) -> dict:

@@ -199,3 +199,71 @@ def test_labels_are_required_and_checked(tmp_path, small_unet_config, sprites_di
         run_training(conditional_args(tmp_path / "d" / "train.parquet", small_unet_config, tmp_path / "b",
                                       max_train_steps=1, label_column="kind"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_evaluate_fid_sweeps_guidance_with_class_balanced_samples(trained, tmp_path):
+    from PIL import Image
+
+    from pipelines import ClassConditionalPipeline
+    from smallgen.errors import UserError
+    from smallgen.evaluation import EvaluationArguments, evaluate, generate, main, parse_args
+    from smallgen.inception import resolve_inception_weights
+
+    data = trained.parent / "data" / "train.parquet"
+    argv = ["--pipeline", str(trained), "--dataset_name", str(data), "--split", "train", "--num_samples", "4",
+            "--num_reference", "8", "--scheduler", "ddpm", "--num_inference_steps", "20", "--guidance_scale", "1", "3",
+            "--inception_weights", resolve_inception_weights().path, "--cache_dir", str(tmp_path / "cache"),
+            "--save_samples", str(tmp_path / "png"), "--output_json", str(tmp_path / "r.json")]
+    results = main(argv)
+    assert [(r["steps"], r["guidance_scale"]) for r in results] == [(20, 1.0), (20, 3.0)]
+    assert all(r["fid"] > 0 and r["pipeline_class"] == "ClassConditionalPipeline" for r in results)
+    saved = sorted((tmp_path / "png" / "steps_20_guidance_3").glob("*.png"))
+    colours = [np.asarray(Image.open(p), dtype=float).mean(axis=(0, 1)) for p in saved]
+    assert [c[0] > c[2] for c in colours] == [True, False, True, False]  # image i is of class i mod 2
+    pipe = ClassConditionalPipeline.from_pretrained(trained)
+    pipe.set_progress_bar_config(disable=True)
+    runs = [generate(pipe, EvaluationArguments(samples_dir=str(tmp_path), train_data_dir=str(tmp_path), num_samples=4,
+                                               batch_size=b, scheduler="ddpm", seed=1), 10, torch.device("cpu"), 2.0)
+            for b in (1, 3)]
+    assert torch.equal(runs[0], runs[1])  # per-image seeds here too
+    with pytest.raises(UserError, match="--num_samples 3 cannot be split evenly over the pipeline's 2 classes"):
+        evaluate(parse_args([a if a != "4" else "3" for a in argv]))
+
+
+def test_report_draws_classes_guidance_and_fid_against_guidance(trained, tmp_path):
+    from PIL import Image
+
+    from smallgen.plots import plot_fid_vs_guidance
+    from smallgen.report import GUIDANCE_SCALES, main
+
+    results = [{"model": str(trained), "pipeline_class": "ClassConditionalPipeline", "sampler": "ddpm", "steps": 20,
+                "guidance_scale": g, "fid": fid, "kid_mean": 0.0, "kid_std": 0.0, "num_samples": 4,
+                "num_reference": 8} for g, fid in ((0.0, 90.0), (1.0, 70.0), (3.0, 60.0))]
+    fid_json = tmp_path / "fid.json"
+    fid_json.write_text(json.dumps({"arguments": {}, "results": results}))
+    report = main(["--runs", str(trained), "--fid", str(fid_json), "--output_dir", str(tmp_path / "report"),
+                   "--skip_reverse", "--num_forward_images", "0"])
+    text = open(report).read()
+    name = trained.name
+    for figure in (f"classes_{name}.png", f"guidance_{name}.png", "fid_vs_guidance.png"):
+        assert f"figures/{figure}" in text and (tmp_path / "report" / "figures" / figure).exists(), figure
+    grid = Image.open(tmp_path / "report" / "figures" / f"classes_{name}.png")
+    assert grid.size == (16 * (6 * 8 + 7 * 2), 16 * (2 * 8 + 3 * 2))  # 2 classes x 6 samples, framed, x16
+    assert "Rows: red, blue." in text and GUIDANCE_SCALES == (0.0, 1.0, 2.0, 4.0, 8.0)
+    drawn = plot_fid_vs_guidance(results, str(tmp_path / "g.png"))
+    assert list(drawn.values()) == [[(0.0, 90.0), (1.0, 70.0), (3.0, 60.0)]]
+
+
+def test_context_vectors_are_refused_with_a_message(tmp_path, tiny_unet_config):
+    from smallgen.data import SPRITES_IMAGES_FILE, SPRITES_LABELS_FILE
+    from smallgen.errors import ConfigError
+
+    np.save(tmp_path / SPRITES_IMAGES_FILE, np.zeros((16, 16, 16, 3), dtype=np.uint8))
+    multi_hot = np.zeros((16, 5))
+    multi_hot[:, 0] = 1
+    multi_hot[::2, 4] = 1  # heroes, half of them side-facing: multi-hot rows
+    np.save(tmp_path / SPRITES_LABELS_FILE, multi_hot)
+    with pytest.raises(ConfigError, match="multi-hot context vectors; .*not implemented yet"):
+        run_training(tiny_args(tmp_path, tiny_unet_config, tmp_path / "out", class_conditional=True,
+                               label_column="context", max_train_steps=1, train_batch_size=4))
+    assert not (tmp_path / "out").exists()

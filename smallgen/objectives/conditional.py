@@ -24,7 +24,8 @@ class ClassConditionalObjective(DiffusionObjective):
         if labels is None:
             raise ConfigError("--class_conditional needs the training labels (--label_column)")
         if labels.is_context:
-            raise ConfigError("--label_column holds context vectors; --class_conditional takes class indices")
+            raise ConfigError("--label_column holds multi-hot context vectors; --class_conditional takes class "
+                              "indices (a learned context embedding for vectors is not implemented yet)")
         self.num_classes = labels.size
         self.class_names = labels.names or [str(i) for i in range(self.num_classes)]
         super().__init__(data_args, model_args, train_args)
