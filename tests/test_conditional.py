@@ -254,16 +254,55 @@ def test_report_draws_classes_guidance_and_fid_against_guidance(trained, tmp_pat
     assert list(drawn.values()) == [[(0.0, 90.0), (1.0, 70.0), (3.0, 60.0)]]
 
 
-def test_context_vectors_are_refused_with_a_message(tmp_path, tiny_unet_config):
+def multi_hot_sprites(folder, count=40):
+    """Sprites-format files whose label rows hold several 1s (a context vector per image)."""
     from smallgen.data import SPRITES_IMAGES_FILE, SPRITES_LABELS_FILE
-    from smallgen.errors import ConfigError
+    from smallgen.testing import write_sprites_npy
 
-    np.save(tmp_path / SPRITES_IMAGES_FILE, np.zeros((16, 16, 16, 3), dtype=np.uint8))
-    multi_hot = np.zeros((16, 5))
-    multi_hot[:, 0] = 1
-    multi_hot[::2, 4] = 1  # heroes, half of them side-facing: multi-hot rows
-    np.save(tmp_path / SPRITES_LABELS_FILE, multi_hot)
-    with pytest.raises(ConfigError, match="multi-hot context vectors; .*not implemented yet"):
-        run_training(tiny_args(tmp_path, tiny_unet_config, tmp_path / "out", class_conditional=True,
-                               label_column="context", max_train_steps=1, train_batch_size=4))
-    assert not (tmp_path / "out").exists()
+    images, labels = write_sprites_npy(str(folder), num_images=count, seed=2)
+    labels[::2, 4] = 1  # every other sprite also side-facing: multi-hot rows
+    np.save(folder / SPRITES_LABELS_FILE, labels)
+    assert (folder / SPRITES_IMAGES_FILE).exists()
+    return labels
+
+
+def test_context_vectors_train_resume_and_export(tmp_path, tiny_unet_config):
+    from diffusers import DiffusionPipeline
+
+    from pipelines import ClassConditionalPipeline
+
+    labels = multi_hot_sprites(tmp_path / "data")
+    common = dict(class_conditional=True, label_column="context", condition_dropout=0.3, use_ema=True,
+                  checkpointing_steps=2, train_batch_size=8, ddpm_num_steps=50, ddpm_beta_schedule="cosine",
+                  ddim_num_inference_steps=3, ddpm_num_inference_steps=3, num_sample_images=5, save_images_epochs=1)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_training(tiny_args(tmp_path / "data", tiny_unet_config, straight, max_train_steps=4, **common))
+    run_training(tiny_args(tmp_path / "data", tiny_unet_config, resumed, max_train_steps=2, **common))
+    run_training(tiny_args(tmp_path / "data", tiny_unet_config, resumed, max_train_steps=4,
+                           resume_from_checkpoint="latest", **common))
+    for name in ("unet.safetensors", "training_state.safetensors"):  # the context embedding and its EMA too
+        a, b = (load_file(folder / "checkpoint-4" / name) for folder in (straight, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    states = [load_file(straight / f"checkpoint-{n}" / "training_state.safetensors") for n in (2, 4)]
+    weight = "context_embedding.linear.weight"
+    assert any(k.startswith("context_embedding.") for k in states[1]), sorted(states[1])[:5]
+    assert not torch.equal(states[0][weight], states[1][weight])  # the context embedding does train
+    index = json.loads((straight / "model_index.json").read_text())
+    assert index["context_embedding"] == ["pipeline_conditional", "ContextEmbedding"]
+    assert index["unet"] == ["diffusers", "UNet2DModel"]
+    assert (straight / "context_embedding" / "pipeline_conditional.py").exists()
+    pipe = ClassConditionalPipeline.from_pretrained(straight)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.context_embedding.config.context_dim == labels.shape[1] == 5
+    hero_side = pipe(context=[[1, 0, 0, 0, 1]] * 2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                     output_type="np").images
+    by_name = pipe(class_labels=[0], num_inference_steps=3, output_type="np").images  # label 0 as one-hot
+    assert hero_side.shape == (2, 16, 16, 3) and by_name.shape == (1, 16, 16, 3)
+    remote = DiffusionPipeline.from_pretrained(straight, trust_remote_code=True)
+    remote.set_progress_bar_config(disable=True)
+    again = remote(context=[[1, 0, 0, 0, 1]] * 2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images
+    assert np.array_equal(hero_side, again)
+    with pytest.raises(ValueError, match="context must be rows of 5 values"):
+        pipe(context=[[1, 0]])
+    assert sorted(p.name for p in (straight / "samples").iterdir())[-1].endswith("_ddpm.png")

@@ -146,6 +146,10 @@ MUTATIONS = [
     m("guidance-one-not-exact", "guidance 1 is exactly the conditional model", "pipelines/pipeline_conditional.py",
       [("    if guidance_scale == 1:\n        return unet(sample, timestep, class_labels=class_labels).sample\n", "")],
       ["tests/test_conditional.py::test_guidance_one_is_the_conditional_model_and_zero_the_unconditional"]),
+    m("context-embedding-not-trained", "the context embedding is trained with the UNet",
+      "smallgen/objectives/conditional.py",
+      [("        return super().trained_parameters() + extra", "        return super().trained_parameters()")],
+      ["tests/test_conditional.py::test_context_vectors_train_resume_and_export"]),
     m("sample-noise-per-batch", "image i depends only on (seed, i), whatever the batch size", "smallgen/seeding.py",
       [("    return [torch.Generator(device).manual_seed(derived_seed(seed, i)) for i in indices]",
         "    indices = list(indices)\n"

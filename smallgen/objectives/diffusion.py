@@ -68,7 +68,7 @@ class DiffusionObjective(Objective):
 
     def make_optimizer(self, network):
         args = self.train_args
-        return torch.optim.AdamW(network.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        return torch.optim.AdamW(self.trained_parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
                                  fused=self.accelerator.device.type == "cuda")
 
@@ -78,7 +78,7 @@ class DiffusionObjective(Objective):
 
         args = self.train_args
         if args.use_ema:
-            self.ema = EMAModel(self.unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=args.ema_warmup,
+            self.ema = EMAModel(self.trained_parameters(), decay=args.ema_max_decay, use_ema_warmup=args.ema_warmup,
                                 inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=True,
                                 model_cls=UNet2DModel, model_config=self.unet.config)
             self.ema.to(accelerator.device)
@@ -86,6 +86,10 @@ class DiffusionObjective(Objective):
         self.unet = self.networks["unet"]
         self.loss.schedule.to(accelerator.device)
         self.compiled = torch.compile(self.unet) if args.torch_compile else self.unet
+
+    def trained_parameters(self) -> list:
+        """What the optimizer steps, clipping bounds and the EMA averages (the UNet's weights first)."""
+        return list(self.unet.parameters())
 
     def checkpoint_objects(self) -> dict:
         if self.ema is None:
@@ -116,11 +120,11 @@ class DiffusionObjective(Objective):
             total = loss.detach() if total is None else total + loss.detach()
             count += 1
         if args.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(self.unet.parameters(), args.max_grad_norm)
+            accelerator.clip_grad_norm_(self.trained_parameters(), args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.unet.parameters())
+            self.ema.step(self.trained_parameters())
         return {"train_loss": total / count}
 
     @torch.no_grad()
