@@ -50,3 +50,21 @@ def write_tiny_unet_config(folder: Path, dropout: float) -> Path:
 def tiny_unet_config(tmp_path_factory):
     """A two-level UNet with dropout (the dropout RNG must resume too)."""
     return write_tiny_unet_config(tmp_path_factory.mktemp("cfg"), dropout=0.1)
+
+
+def run_without_this_project(code: str, folder: Path):
+    """Run ``code`` in a fresh interpreter where models/, pipelines/ and smallgen/ cannot be imported:
+    what a machine with only diffusers sees (custom pipeline code comes from the exported folder)."""
+    import subprocess
+    import sys
+
+    blocker = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("models", "pipelines", "smallgen"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(folder / "modules")}
+    return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=folder, env=env)

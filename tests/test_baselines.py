@@ -1,8 +1,5 @@
 """VAE, DCGAN and VAE-GAN: networks, losses, training through train_unconditional.py, export, resume."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,7 +7,7 @@ from safetensors.torch import load_file
 
 from models.baselines import ConvDecoder, ConvDiscriminator, ConvVAE
 from smallgen.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_without_this_project
 from tests.test_training import run_training, tiny_args
 
 
@@ -99,21 +96,13 @@ def test_train_export_and_reload_identical_samples(sprites_dir, tmp_path, model_
 def test_exported_folder_loads_with_only_diffusers(sprites_dir, tmp_path):
     out = tmp_path / "dcgan"
     run_training(baseline_args(sprites_dir, out, "dcgan", max_train_steps=2))
-    # A fresh interpreter where this project's packages cannot be imported at all.
     code = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("models", "pipelines", "smallgen"):
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, Block())
 import torch
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)
 print(type(pipe).__name__, pipe(batch_size=2, output_type="np").images.shape)
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    result = run_without_this_project(code, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "GANPipeline (2, 16, 16, 3)" in result.stdout
 

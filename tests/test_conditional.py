@@ -1,16 +1,13 @@
 """Class-conditional diffusion with classifier-free guidance: training, guidance, pipeline, errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_without_this_project
 from tests.test_training import run_training, tiny_args
 
 
@@ -135,12 +132,6 @@ def test_the_pipeline_loads_both_ways_and_swaps_schedulers(trained, tmp_path):
         pipe(class_labels=["green"])
     # A machine with only diffusers: the folder's own pipeline file, the same images for the same seed.
     code = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("models", "pipelines", "smallgen"):
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, Block())
 import numpy, torch
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained({str(trained)!r}, trust_remote_code=True)
@@ -150,8 +141,7 @@ images = pipe(class_labels=[0, 1, 1], num_inference_steps=4, generator=torch.Gen
 numpy.save({str(tmp_path / "remote.npy")!r}, images)
 print(type(pipe).__name__)
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    result = run_without_this_project(code, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ClassConditionalPipeline" in result.stdout
     assert np.array_equal(np.load(tmp_path / "remote.npy"), by_index)
