@@ -109,9 +109,13 @@ class Objective:
     def train_step(self, micro_batches) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def trained_parameters(self) -> list:
+        """Every weight the optimizers step."""
+        return [p for net in self.networks.values() for p in net.parameters()]
+
     def weights_finite(self) -> bool:
         """Whether every trained weight is finite (one host sync; called before saves)."""
-        flags = [torch.isfinite(p).all() for net in self.networks.values() for p in net.parameters()]
+        flags = [torch.isfinite(p).all() for p in self.trained_parameters()]
         return bool(torch.stack(flags).all().item())
 
     # ------------------------------------------------------------------ evaluation and export
