@@ -196,6 +196,11 @@ def save_checkpoint(objective, accelerator, output_dir: str, step: int, total_li
     return final
 
 
+def checkpoint_info(path: Path) -> dict:
+    """What ``save_checkpoint`` recorded with the state (step, seed, planned steps, clock...)."""
+    return read_json(str(Path(path) / TRAINING_STATE_FILE))
+
+
 def load_checkpoint(objective, accelerator, path: Path, expected: dict) -> dict:
     """Restore networks and training state from ``path`` (safetensors and JSON only); returns its info.
 
@@ -203,7 +208,7 @@ def load_checkpoint(objective, accelerator, path: Path, expected: dict) -> dict:
     """
     from safetensors.torch import load_file
 
-    info = read_json(str(path / TRAINING_STATE_FILE))
+    info = checkpoint_info(path)
     differs = {k: (info.get(k), v) for k, v in expected.items() if info.get(k) != v}
     if differs:
         raise CheckpointError(f"{path} belongs to another kind of run: " + ", ".join(

@@ -181,6 +181,10 @@ class TrainArguments:
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size for validation and sampling."})
     num_epochs: int = field(default=100, metadata={"help": "Passes over the training set (unless --max_train_steps)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides --num_epochs."})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "Time budget: a short timed warm-up fixes the step count (logged, kept by resumes) to fill it; "
+                "overrides --num_epochs, capped by --max_train_steps. Setup, checkpoints, validation and grids "
+                "are off the clock."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Micro-batches per optimizer step (ddpm); the lr schedule counts optimizer steps."}
     )
@@ -217,6 +221,9 @@ class TrainArguments:
         "Hold the whole uint8 dataset as one tensor on the device (auto: when it fits).", ("auto", "yes", "no"), "auto"
     )
     max_dataset_bytes: int = field(default=4 << 30, metadata={"help": "Size limit for --dataset_on_device auto."})
+    cpu_threads: int | None = field(default=None, metadata={
+        "help": "Threads per process when training on the CPU (default: the cores this process may use, shared "
+                "among the processes; accelerate launch alone would leave 1)."})
 
     def __post_init__(self):
         _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULER_CHOICES)
@@ -228,10 +235,12 @@ class TrainArguments:
         for flag in positive:
             if getattr(self, flag) < 1:
                 raise ConfigError(f"--{flag} must be at least 1; got {getattr(self, flag)}")
-        for flag in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit"):
+        for flag in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "cpu_threads"):
             value = getattr(self, flag)
             if value is not None and value < 1:
                 raise ConfigError(f"--{flag} must be at least 1 (or left unset); got {value}")
+        if self.max_train_minutes is not None and not self.max_train_minutes > 0:
+            raise ConfigError(f"--max_train_minutes must be positive (or left unset); got {self.max_train_minutes}")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive; got {self.learning_rate}")
         if not 0 <= self.ema_max_decay < 1:
@@ -322,7 +331,8 @@ HELP_GROUPS = {  # --help shows the flags in these groups, in this order
     "model": ["model_type", "model_config_name_or_path", "class_conditional", "condition_dropout", "latent_dim",
               "base_channels", "kl_weight", "adversarial_weight"],
     "diffusion": ["ddpm_num_steps", "ddpm_beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma"],
-    "optimisation": ["seed", "train_batch_size", "num_epochs", "max_train_steps", "gradient_accumulation_steps",
+    "optimisation": ["seed", "train_batch_size", "num_epochs", "max_train_steps", "max_train_minutes",
+                     "gradient_accumulation_steps",
                      "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
                      "adam_weight_decay", "adam_epsilon", "max_grad_norm", "use_ema", "ema_max_decay",
                      "ema_inv_gamma", "ema_power", "ema_warmup", "no_ema_warmup"],
@@ -334,7 +344,7 @@ HELP_GROUPS = {  # --help shows the flags in these groups, in this order
                          "ddpm_num_inference_steps", "ddim_num_inference_steps", "ddim_eta"],
     "Hub": ["push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"],
     "speed": ["mixed_precision", "allow_tf32", "channels_last", "torch_compile", "dataset_on_device",
-              "max_dataset_bytes"],
+              "max_dataset_bytes", "cpu_threads"],
 }
 DESCRIPTION = """Train a DDPM or a baseline (VAE, DCGAN, VAE-GAN) on small images and export a DiffusionPipeline.
 

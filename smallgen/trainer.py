@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -30,6 +31,7 @@ import torch
 from smallgen.checkpoints import (
     RunLock,
     check_output_dir,
+    checkpoint_info,
     load_checkpoint,
     prepare_output_dir,
     resolve_resume_checkpoint,
@@ -62,12 +64,13 @@ class StepPlan:
     num_epochs: int
 
     @classmethod
-    def for_run(cls, num_batches: int, args) -> "StepPlan":
+    def for_run(cls, num_batches: int, args, fixed_steps: int | None = None) -> "StepPlan":
+        """From the flags; ``fixed_steps`` is what a time budget came to (--max_train_minutes)."""
         steps_per_epoch = num_batches // args.gradient_accumulation_steps
         if steps_per_epoch == 0:
             raise ConfigError(f"one epoch holds {num_batches} batches, fewer than "
                               f"--gradient_accumulation_steps={args.gradient_accumulation_steps}")
-        max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+        max_train_steps = fixed_steps or args.max_train_steps or args.num_epochs * steps_per_epoch
         return cls(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
 
 
@@ -91,6 +94,7 @@ class Trainer:
         self.plan = StepPlan.for_run(len(feeder), args)
         self.metrics = MetricsLog(args.output_dir, accelerator)
         self.global_step, self.first_epoch, self.elapsed_before = 0, 0, 0.0
+        self.clock_seconds, self.timing_seconds = 0.0, 0.0  # time in training steps; time spent fixing the budget
         self.last_checkpoint = resume_path
         self.last_train, self.last_val, self.sample_paths = {}, {}, []
         self.progress = None
@@ -149,14 +153,49 @@ class Trainer:
         accelerator = self.accelerator
         self.objective.setup(accelerator, self.plan.max_train_steps)
         accelerator.print(f"model: {self.objective.name}, {self.objective.describe()}")
+        if self.args.max_train_minutes:
+            self.fit_budget()
         if self.resume_path is not None:
             state = load_checkpoint(self.objective, accelerator, self.resume_path, self.identity())
             self.global_step = state["global_step"]
             self.first_epoch = self.global_step // self.plan.steps_per_epoch
             self.elapsed_before = state.get("elapsed_seconds", 0.0)
+            self.clock_seconds = state.get("clock_seconds", 0.0)
             accelerator.print(f"resumed from {self.resume_path} at step {self.global_step}")
         elif self.args.resume_from_checkpoint == "latest":
             accelerator.print("no checkpoint in --output_dir yet: starting a new run")
+
+    def fit_budget(self) -> None:
+        """--max_train_minutes: fix the step count, the resumed run's or from a timed warm-up, and
+        stretch the lr schedules over it (before a checkpoint restores their position)."""
+        from smallgen import budget
+
+        args, accelerator = self.args, self.accelerator
+        steps = checkpoint_info(self.resume_path).get("max_train_steps") if self.resume_path else None
+        how = f"as planned in {self.resume_path}"
+        if steps is None:
+            start = time.perf_counter()
+            saved = budget.capture_state(self.objective, accelerator)
+            self.objective.train_mode(True)
+            step_seconds = budget.seconds_per_step(self.timing_step, args.max_train_minutes * 60)
+            step_seconds = accelerator.reduce(torch.tensor(step_seconds, device=accelerator.device), "max").item()
+            budget.restore_state(self.objective, accelerator, saved)
+            steps = budget.steps_in_budget(args.max_train_minutes, step_seconds, args.max_train_steps)
+            self.timing_seconds = time.perf_counter() - start
+            how = f"{1000 * step_seconds:.1f} ms a step, timed in {self.timing_seconds:.1f} s and undone"
+        self.plan = StepPlan.for_run(len(self.feeder), args, fixed_steps=steps)
+        self.objective.make_lr_schedules(steps)
+        accelerator.print(f"time budget {args.max_train_minutes:g} min: {steps} optimizer steps ({how})")
+
+    def timing_step(self, step: int) -> None:
+        """One real step for the budget's timing, ending with a host sync."""
+        if step == 0:
+            epochs = itertools.count()
+            self.timing_batches = itertools.chain.from_iterable(self.feeder.epoch(e) for e in epochs)
+        logged = self.objective.train_step(self.micro_batches(self.timing_batches, step))
+        for scheduler in self.objective.lr_schedulers.values():
+            scheduler.step()
+        float(next(iter(logged.values())))
 
     def finished_already(self) -> dict:
         """Resuming at or past the last step: no step, and an existing export is left as it is."""
@@ -202,14 +241,20 @@ class Trainer:
             if self.global_step >= self.plan.max_train_steps:
                 break
 
-    def train_one_step(self, batches) -> None:
+    def micro_batches(self, batches, step: int) -> list[MicroBatch]:
+        """The next micro-batches, each with the generator of (seed, step, micro, process)."""
         process = self.accelerator.process_index
-        torch.manual_seed(derived_seed(self.args.seed, self.global_step, -1, process))  # dropout
+        torch.manual_seed(derived_seed(self.args.seed, step, -1, process))  # dropout
         micro_batches = []
         for micro in range(self.accumulation):
-            generator = step_generator(self.accelerator.device, self.args.seed, self.global_step, micro, process)
+            generator = step_generator(self.accelerator.device, self.args.seed, step, micro, process)
             images, labels = next(batches)
             micro_batches.append(MicroBatch(self.feeder.augment(images, generator), generator, labels))
+        return micro_batches
+
+    def train_one_step(self, batches) -> None:
+        started = time.perf_counter()
+        micro_batches = self.micro_batches(batches, self.global_step)
         for key, value in self.objective.train_step(micro_batches).items():
             self.sums[key] = self.sums.get(key, 0) + value
         for scheduler in self.objective.lr_schedulers.values():
@@ -218,6 +263,7 @@ class Trainer:
         self.images_in_interval += sum(len(b.images) for b in micro_batches) * self.accelerator.num_processes
         self.global_step += 1
         self.progress.update(1)
+        self.clock_seconds += time.perf_counter() - started
 
     def after_step(self, epoch: int) -> None:
         args = self.args
@@ -236,6 +282,7 @@ class Trainer:
 
     def save(self, epoch: int) -> None:
         info = {"global_step": self.global_step, "epoch": epoch, "seed": self.args.seed,
+                "max_train_steps": self.plan.max_train_steps, "clock_seconds": self.clock_seconds,
                 "elapsed_seconds": time.perf_counter() - self.run_start, **self.identity()}
         self.last_checkpoint = save_checkpoint(self.objective, self.accelerator, self.args.output_dir,
                                                self.global_step, self.args.checkpoints_total_limit, info)
@@ -344,9 +391,16 @@ class Trainer:
     def finish(self) -> dict:
         accelerator = self.accelerator
         self.check_weights_finite()
+        images_seen = self.global_step * self.args.train_batch_size * accelerator.num_processes * self.accumulation
         results = {**self.last_train, **self.last_val, "global_step": self.global_step,
-                   "num_processes": accelerator.num_processes,
-                   "training_seconds": time.perf_counter() - self.run_start}
+                   "num_processes": accelerator.num_processes, "images_seen": images_seen,
+                   "training_seconds": time.perf_counter() - self.run_start, "clock_seconds": self.clock_seconds,
+                   "images_per_second": images_seen / max(self.clock_seconds, 1e-9)}
+        if self.args.max_train_minutes:
+            results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds)
+        accelerator.print(f"{self.global_step} steps, {images_seen} images in {self.clock_seconds / 60:.2f} min of "
+                          f"training steps; {results['training_seconds'] / 60:.2f} min with validation, grids "
+                          f"and checkpoints")
         if accelerator.is_main_process:
             with self.writing(f"the pipeline to {self.args.output_dir}"):
                 self.export(results)
@@ -372,6 +426,19 @@ class Trainer:
             say(f"pushed to the Hub as {repo_id}")
 
 
+def use_cpu_cores(accelerator, requested: int | None) -> None:
+    """On the CPU, use this process's share of the cores: ``accelerate launch`` on a machine without a
+    GPU sets OMP_NUM_THREADS=1, which would leave all but one core idle."""
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    threads = requested or max(1, cores // local_processes)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    accelerator.print(f"CPU: {torch.get_num_threads()} threads per process ({cores} cores, {local_processes} processes here)")
+
+
 def train(data_args, model_args, args) -> dict:
     """Check everything, then train, export the pipeline to ``args.output_dir`` and return the metrics."""
     from accelerate import Accelerator
@@ -389,6 +456,7 @@ def train(data_args, model_args, args) -> dict:
         mixed_precision=args.mixed_precision, log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)))
+    use_cpu_cores(accelerator, args.cpu_threads)
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -68,20 +68,26 @@ class Objective:
     # ------------------------------------------------------------------ training
 
     def setup(self, accelerator, max_train_steps: int) -> None:
-        """One Adam(W) and one lr schedule per network, prepared by the accelerator."""
-        from diffusers.optimization import get_scheduler
-
+        """One Adam(W) per network, prepared by the accelerator, and its lr schedule."""
         self.accelerator = accelerator
-        args = self.train_args
         for name, network in self.networks.items():
             self.optimizers[name] = self.make_optimizer(network)
-            self.lr_schedulers[name] = get_scheduler(args.lr_scheduler, optimizer=self.optimizers[name],
-                                                     num_warmup_steps=args.lr_warmup_steps,
-                                                     num_training_steps=max_train_steps)
         names = list(self.networks)
         prepared = accelerator.prepare(*self.networks.values(), *self.optimizers.values())
         self.networks = dict(zip(names, prepared[:len(names)]))
         self.optimizers = dict(zip(names, prepared[len(names):]))
+        self.make_lr_schedules(max_train_steps)
+
+    def make_lr_schedules(self, max_train_steps: int) -> None:
+        """One lr schedule per optimizer over ``max_train_steps`` (rebuilt once a time budget fixes that)."""
+        from diffusers.optimization import get_scheduler
+
+        args = self.train_args
+        for name, optimizer in self.optimizers.items():
+            raw = getattr(optimizer, "optimizer", optimizer)  # the optimizer accelerate wraps, as before prepare
+            self.lr_schedulers[name] = get_scheduler(args.lr_scheduler, optimizer=raw,
+                                                     num_warmup_steps=args.lr_warmup_steps,
+                                                     num_training_steps=max_train_steps)
 
     def make_optimizer(self, network) -> torch.optim.Optimizer:
         args = self.train_args

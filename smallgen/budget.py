@@ -1,0 +1,51 @@
+"""``--max_train_minutes``: a time budget turned into a fixed number of optimizer steps.
+
+A fixed count keeps runs reproducible: the lr schedule spans exactly those steps, the count is
+stored in every checkpoint, and a resumed run is exact. The count comes from timing a few real
+steps on the real objective; afterwards every weight and every optimizer, EMA, lr-schedule and
+grad-scaler state is put back, so the run that follows equals ``--max_train_steps N`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from smallgen.checkpoints import stateful_parts
+
+UNTIMED_STEPS = 3  # compilation, allocator warm-up, cuDNN autotuning: not representative
+MAX_TIMING_SECONDS = 30.0
+TIMING_SHARE = 0.05  # at most this share of the budget is spent timing
+
+
+def capture_state(objective, accelerator) -> dict:
+    """Deep copies of the networks' and every stateful part's state."""
+    saved = {f"network.{name}": accelerator.unwrap_model(net).state_dict() for name, net in objective.networks.items()}
+    saved.update({name: part.state_dict() for name, part in stateful_parts(objective, accelerator).items()})
+    return copy.deepcopy(saved)
+
+
+def restore_state(objective, accelerator, saved: dict) -> None:
+    for name, net in objective.networks.items():
+        accelerator.unwrap_model(net).load_state_dict(saved[f"network.{name}"])
+    for name, part in stateful_parts(objective, accelerator).items():
+        part.load_state_dict(copy.deepcopy(saved[name]))
+
+
+def seconds_per_step(run_step, budget_seconds: float) -> float:
+    """Mean wall time of ``run_step(i)`` (which must end with a host sync) after UNTIMED_STEPS steps,
+    timed for a small share of the budget (at least two steps)."""
+    limit = min(MAX_TIMING_SECONDS, TIMING_SHARE * budget_seconds)
+    for i in range(UNTIMED_STEPS):
+        run_step(i)
+    start, timed = time.perf_counter(), 0
+    while timed < 2 or time.perf_counter() - start < limit:
+        run_step(UNTIMED_STEPS + timed)
+        timed += 1
+    return (time.perf_counter() - start) / timed
+
+
+def steps_in_budget(minutes: float, step_seconds: float, cap: int | None) -> int:
+    """Whole steps that fit in ``minutes`` (at least one), capped by ``--max_train_steps``."""
+    steps = max(1, int(minutes * 60 / step_seconds))
+    return min(steps, cap) if cap else steps

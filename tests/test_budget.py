@@ -1,0 +1,105 @@
+"""--max_train_minutes: a timed warm-up fixes the step count, leaves no trace, and resumes exactly."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smallgen import budget
+from tests.conftest import ROOT
+from tests.test_training import run_training, tiny_args
+
+BASELINE = dict(model_config_name_or_path=None, base_channels=8, latent_dim=16, adam_beta1=0.5)
+
+
+def _same_files(a, b):
+    names = sorted(p.name for p in a.glob("*.safetensors"))
+    assert names == sorted(p.name for p in b.glob("*.safetensors"))
+    for name in names:
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f"{a / name} differs"
+
+
+@pytest.mark.parametrize("model_type", ["ddpm", "dcgan"])
+def test_a_time_budget_equals_its_step_count_given_directly(sprites_dir, tiny_unet_config, tmp_path, model_type):
+    """The timing steps are undone: weights, optimizers, EMA, BatchNorm statistics and lr schedules."""
+    extra = dict(use_ema=True) if model_type == "ddpm" else dict(model_type=model_type, **BASELINE)
+    common = dict(checkpointing_steps=3, random_flip=True, lr_warmup_steps=2, **extra)
+    timed = tmp_path / "timed"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, timed, max_train_minutes=0.02,
+                                     max_train_steps=9, **common))
+    steps = results["global_step"]
+    assert 3 <= steps <= 9 and results["max_train_minutes"] == 0.02 and results["timing_seconds"] > 0
+    assert results["images_seen"] == steps * 8 and results["clock_seconds"] > 0
+    info = json.loads((timed / "checkpoint-3" / "training_state.json").read_text())
+    assert info["max_train_steps"] == steps
+    given = tmp_path / "given"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, given, max_train_steps=steps, **common))
+    _same_files(timed / "checkpoint-3", given / "checkpoint-3")
+    last = f"checkpoint-{steps - steps % 3}"
+    _same_files(timed / last, given / last)
+    lrs = [[json.loads(line).get("lr") for line in (folder / "metrics.jsonl").read_text().splitlines()]
+           for folder in (timed, given)]
+    assert lrs[0] == lrs[1]  # the schedule spans the same steps
+
+
+def test_a_resumed_budget_keeps_its_planned_steps(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    common = dict(checkpointing_steps=2, use_ema=True, max_train_minutes=0.02, max_train_steps=6)
+    straight = tmp_path / "straight"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
+    steps = results["global_step"]
+    assert steps >= 3
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a: 1e6)  # timing again would plan one step
+    again = run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest",
+                                   **common))
+    assert again["global_step"] == steps
+    _same_files(straight / f"checkpoint-{steps - steps % 2}", resumed / f"checkpoint-{steps - steps % 2}")
+
+
+def test_seconds_per_step_skips_the_slow_first_steps():
+    import time
+
+    calls = []
+
+    def step(i):
+        calls.append(i)
+        time.sleep(0.05 if i < budget.UNTIMED_STEPS else 0.001)
+
+    seconds = budget.seconds_per_step(step, budget_seconds=2.0)
+    assert seconds < 0.02 and len(calls) >= budget.UNTIMED_STEPS + 2
+    assert budget.steps_in_budget(1, 0.5, None) == 120 and budget.steps_in_budget(1, 0.5, 50) == 50
+    assert budget.steps_in_budget(0.001, 10.0, None) == 1
+
+
+def test_bad_budgets_are_refused(tmp_path, sprites_dir, tiny_unet_config):
+    from smallgen.errors import ConfigError
+
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="max_train_minutes"):
+            run_training(tiny_args(sprites_dir, tiny_unet_config, tmp_path / "x", max_train_minutes=bad))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs os.sched_getaffinity")
+def test_accelerate_launch_trains_on_every_core(sprites_dir, tiny_unet_config, tmp_path):
+    """accelerate launch without --cpu sets OMP_NUM_THREADS=1 on a machine with no GPU; we use every core."""
+    cores = len(os.sched_getaffinity(0))
+    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "run", max_train_steps=1)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU")}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                           "train_unconditional.py", *argv], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT),
+                           "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"CPU: {cores} threads per process" in done.stdout + done.stderr
+    argv += ["--cpu_threads", "1", "--output_dir", str(tmp_path / "one")]
+    done = subprocess.run([sys.executable, "train_unconditional.py", *argv], cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "CPU: 1 threads per process" in done.stdout + done.stderr
