@@ -6,6 +6,7 @@ Self-contained (torch, numpy, diffusers only): exported folders carry a copy of 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -42,6 +43,23 @@ def _load_component(folder: str, subfolder: str, class_name: str):
     return getattr(module, class_name).from_pretrained(folder, subfolder=subfolder)
 
 
+@contextlib.contextmanager
+def _batch_statistics(network: torch.nn.Module):
+    """BatchNorm normalises with each batch's own statistics (as PyTorch's DCGAN example samples) and
+    leaves the running statistics untouched."""
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.train()
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, (training, tracking) in zip(norms, saved):
+            m.train(training)
+            m.track_running_stats = tracking
+
+
 class GANPipeline(DiffusionPipeline):
     """Unconditional images from ``decoder``: z ~ N(0, I) of size ``decoder.config.latent_dim``."""
 
@@ -58,12 +76,18 @@ class GANPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, generator: torch.Generator | list | None = None,
-                 output_type: str = "pil", return_dict: bool = True, **kwargs):
-        """``batch_size`` images; ``output_type`` "pil", "np" (floats in [0, 1]) or "pt"."""
+                 output_type: str = "pil", return_dict: bool = True, batchnorm: str = "eval", **kwargs):
+        """``batch_size`` images; ``output_type`` "pil", "np" (floats in [0, 1]) or "pt". ``batchnorm``:
+        "eval" uses the running statistics (each image depends on its latent only), "train" the
+        batch's own statistics (images depend on the whole batch)."""
+        if batchnorm not in ("eval", "train"):
+            raise ValueError(f"batchnorm must be 'eval' or 'train'; got {batchnorm!r}")
         config = self.decoder.config
         latents = randn_tensor((batch_size, config.latent_dim), generator=generator, device=self.device,
                                dtype=self.decoder.dtype)
-        return _postprocess(self, self.decoder(latents), output_type, return_dict)
+        with _batch_statistics(self.decoder) if batchnorm == "train" else contextlib.nullcontext():
+            images = self.decoder(latents)
+        return _postprocess(self, images, output_type, return_dict)
 
 
 class VAEPipeline(DiffusionPipeline):

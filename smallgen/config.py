@@ -349,7 +349,7 @@ HELP_GROUPS = {  # --help shows the flags in these groups, in this order
 DESCRIPTION = """Train a DDPM or a baseline (VAE, DCGAN, VAE-GAN) on small images and export a DiffusionPipeline.
 
 A --config recipe (YAML or JSON) sets defaults for any flag below; flags on the command line win,
-and 'none' clears a recipe's text value (e.g. --dataset_name none --train_data_dir my_images).
+and 'none' clears a recipe's optional value (e.g. --dataset_name none --train_data_dir my_images).
 Unknown keys and invalid values are refused before anything is loaded."""
 
 
@@ -365,8 +365,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         return super()._get_help_string(action)
 
 
-def _none_or_text(value: str) -> str | None:
-    return None if value.lower() == "none" else value
+def _none_or(convert):
+    """An optional flag's type: 'none' clears it (a recipe's value too), anything else is converted."""
+    def parse(value: str):
+        return None if value.lower() == "none" else convert(value)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in errors
+    return parse
 
 
 def build_parser():
@@ -379,15 +384,14 @@ def build_parser():
     general = parser._optionals  # argparse keeps groups in private lists; moving actions only changes --help
     general._group_actions.remove(config_action)
     general._group_actions.insert(1, config_action)  # right after -h
-    optional_text = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)
-                     if f.default is None and "str" in str(f.type)}
+    optional = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.default is None}
     for title, names in HELP_GROUPS.items():
         group = parser.add_argument_group(title)
         for action in [a for a in general._group_actions if a.dest in names]:
             general._group_actions.remove(action)
             group._group_actions.append(action)
-            if action.dest in optional_text:
-                action.type = _none_or_text
+            if action.dest in optional and action.type is not None:
+                action.type = _none_or(action.type)
     return parser
 
 

@@ -9,6 +9,7 @@ count and Inception weights, so a sweep over samplers and steps computes them on
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from smallgen.config import INTERPOLATIONS, MIXED_PRECISION_CHOICES, DataArgumen
 from smallgen.data import decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++")
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler")  # dpmsolver++: DPM-Solver++(2M)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -63,6 +64,9 @@ class EvaluationArguments:
         metadata={"help": "Class-conditional pipelines: classifier-free guidance; several values sweep (0 1 2 4)."}
     )
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 deterministic, 1 DDPM-like)."})
+    gan_batchnorm: str = field(default="eval", metadata={
+        "help": "GAN pipelines: BatchNorm with the running statistics (eval) or each batch's own (train, as "
+                "PyTorch's DCGAN example samples; images then depend on --batch_size).", "choices": ["eval", "train"]})
     batch_size: int = field(default=256, metadata={"help": "Generation and Inception batch size."})
     seed: int = field(default=0, metadata={"help": "Same seed, same samples."})
     mixed_precision: str = field(default="no", metadata={"help": "Autocast dtype for generation.",
@@ -226,13 +230,24 @@ def is_diffusion_pipeline(pipeline) -> bool:
 
 
 def make_scheduler(config, sampler: str):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
 
     if sampler == "ddpm":
         return DDPMScheduler.from_config(config)
     if sampler == "ddim":
         return DDIMScheduler.from_config(config)
-    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if sampler == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
+    if sampler == "euler":  # Karras et al.'s Euler in sigma space: scales the input and the first noise
+        return EulerDiscreteScheduler.from_config(config)
+    order = 3 if sampler == "dpmsolver++3m" else 2
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=order)
 
 
 def check_sampler_steps(scheduler, steps: int) -> None:
@@ -309,13 +324,18 @@ def _generate_with_call(pipeline, args: EvaluationArguments, device: torch.devic
 
     from smallgen.seeding import image_generators
 
+    extra = {}
+    if "batchnorm" in inspect.signature(pipeline.__call__).parameters:
+        extra["batchnorm"] = args.gan_batchnorm
+    elif args.gan_batchnorm != "eval":
+        raise UserError(f"--gan_batchnorm applies to GAN pipelines, not {type(pipeline).__name__}")
     out = []
     with tqdm(total=args.num_samples, desc="sampling", unit="img") as bar:
         for start in range(0, args.num_samples, args.batch_size):
             n = min(args.batch_size, args.num_samples - start)
             generators = image_generators(args.seed, range(start, start + n), device)  # image i from (seed, i)
             try:
-                result = pipeline(batch_size=n, generator=generators, output_type="np")
+                result = pipeline(batch_size=n, generator=generators, output_type="np", **extra)
             except TypeError as exc:
                 raise UserError(f"{type(pipeline).__name__} is not an unconditional image pipeline "
                                 f"(called with batch_size, generator, output_type: {exc})") from None
@@ -439,6 +459,7 @@ def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, dev
         "sampler": args.scheduler if diffusion else None,
         "steps": steps,
         "eta": args.eta if diffusion and args.scheduler == "ddim" else None,
+        "gan_batchnorm": args.gan_batchnorm if type(pipeline).__name__ == "GANPipeline" else None,
         **metrics,
         "num_samples": num_samples,
         "seed": args.seed,

@@ -7,6 +7,8 @@ starting noise and for the noise a stochastic step adds, so image i depends only
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from smallgen.seeding import image_generators, per_image_randn
@@ -31,15 +33,19 @@ def reverse_process(unet, scheduler, num_inference_steps: int, generators: list[
     device = next(unet.parameters()).device
     config = unet.config
     dtype = next(unet.parameters()).dtype
-    x = per_image_randn(generators, (config.in_channels, config.sample_size, config.sample_size), device)
-    step_kwargs = {} if eta is None else {"eta": eta}
     scheduler.set_timesteps(num_inference_steps)  # per call: multistep solvers keep state
+    x = per_image_randn(generators, (config.in_channels, config.sample_size, config.sample_size), device)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # 1 for DDPM-family schedules
+    step_kwargs = {} if eta is None else {"eta": eta}
+    if "generator" in inspect.signature(scheduler.step).parameters:  # UniPC's step draws no noise
+        step_kwargs["generator"] = generators
+    scale_input = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):
-        model_input = x.to(dtype)
+        model_input = scale_input(x, t).to(dtype)
         if channels_last:
             model_input = model_input.contiguous(memory_format=torch.channels_last)
         model_output = (predict(model_input, t.to(device)) if predict else unet(model_input, t.to(device)).sample).float()
-        output = scheduler.step(model_output, t, x, generator=generators, **step_kwargs)
+        output = scheduler.step(model_output, t, x, **step_kwargs)
         yield t, x, output
         x = output.prev_sample
 

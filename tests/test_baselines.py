@@ -107,11 +107,13 @@ print(type(pipe).__name__, pipe(batch_size=2, output_type="np").images.shape)
     assert "GANPipeline (2, 16, 16, 3)" in result.stdout
 
 
-@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
+@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan", "dcgan+ema"])
 def test_baseline_training_resumes_exactly(sprites_dir, tmp_path, model_type):
     straight = tmp_path / "straight"
     resumed = tmp_path / "resumed"
     common = dict(num_epochs=2, checkpointing_steps=3, random_flip=True)
+    if model_type == "dcgan+ema":
+        model_type, common["use_ema"], common["ema_max_decay"] = "dcgan", True, 0.9
     run_training(baseline_args(sprites_dir, straight, model_type, **common))
     run_training(baseline_args(sprites_dir, resumed, model_type, max_train_steps=3, **common))
     run_training(baseline_args(sprites_dir, resumed, model_type, resume_from_checkpoint="latest",
@@ -135,7 +137,7 @@ def test_baseline_training_resumes_exactly(sprites_dir, tmp_path, model_type):
 def test_baseline_config_errors(sprites_dir, tmp_path):
     with pytest.raises(ConfigError, match="gradient_accumulation_steps applies to ddpm only"):
         run_training(baseline_args(sprites_dir, tmp_path / "a", "dcgan", gradient_accumulation_steps=2))
-    with pytest.raises(ConfigError, match="--use_ema applies to ddpm only"):
+    with pytest.raises(ConfigError, match="--use_ema applies to ddpm and dcgan only"):
         run_training(baseline_args(sprites_dir, tmp_path / "b", "vae", use_ema=True))
     with pytest.raises(ConfigError, match="power-of-two"):
         run_training(baseline_args(sprites_dir, tmp_path / "c", "vae", resolution=24))
@@ -157,3 +159,46 @@ def test_evaluate_fid_evaluates_a_baseline_unchanged(sprites_dir, tmp_path):
                                "--cache_dir", str(tmp_path / "cache")])
     assert result["pipeline_class"] == "VAEPipeline" and result["sampler"] is None
     assert result["fid"] > 0 and result["num_samples"] == 6
+
+
+def test_dcgan_ema_is_what_the_pipeline_samples(sprites_dir, tmp_path):
+    """--use_ema for dcgan: the EMA of the generator's weights is checkpointed and exported."""
+    run_training(baseline_args(sprites_dir, tmp_path / "run", "dcgan", max_train_steps=4, checkpointing_steps=4,
+                               use_ema=True, ema_max_decay=0.9, learning_rate=1e-2))
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    live = load_file(checkpoint / "generator.safetensors")
+    state = load_file(checkpoint / "training_state.safetensors")
+    shadow = [state[k] for k in sorted((k for k in state if k.startswith("ema.shadow_params.")),
+                                       key=lambda k: int(k.rsplit(".", 1)[1]))]
+    exported = load_file(tmp_path / "run" / "decoder" / "diffusion_pytorch_model.safetensors")
+    decoder = ConvDecoder(16, 16, 3, 8)
+    parameter_names = [name for name, _ in decoder.named_parameters()]
+    assert len(shadow) == len(parameter_names)
+    for name, average in zip(parameter_names, shadow):
+        assert torch.equal(exported[name], average)
+    assert any(not torch.equal(live[n], exported[n]) for n in parameter_names)  # not the live weights
+    buffers = [name for name, _ in decoder.named_buffers()]
+    assert buffers and all(torch.equal(live[n], exported[n]) for n in buffers)  # BatchNorm statistics: live
+
+
+def test_gan_pipeline_batchnorm_modes(sprites_dir, tmp_path):
+    from pipelines.pipeline_baselines import GANPipeline
+
+    run_training(baseline_args(sprites_dir, tmp_path / "run", "dcgan", max_train_steps=3))
+    pipeline = GANPipeline.from_pretrained(tmp_path / "run")
+    before = {k: v.clone() for k, v in pipeline.decoder.state_dict().items()}
+
+    def images(n, mode):
+        generators = [torch.Generator().manual_seed(i) for i in range(n)]
+        return pipeline(batch_size=n, generator=generators, output_type="pt", batchnorm=mode).images
+
+    eval_4, eval_2 = images(4, "eval"), images(2, "eval")
+    assert torch.allclose(eval_4[:2], eval_2, atol=1e-6)  # running statistics: image i depends on latent i only
+    train_4, train_2 = images(4, "train"), images(2, "train")
+    assert not torch.allclose(train_4[:2], train_2, atol=1e-3)  # batch statistics: on the whole batch
+    assert not torch.allclose(train_4, eval_4, atol=1e-3)
+    after = pipeline.decoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running statistics untouched
+    assert not pipeline.decoder.training
+    with pytest.raises(ValueError, match="batchnorm"):
+        images(2, "both")

@@ -81,3 +81,28 @@ def test_baseline_sample_grids_draw_image_i_from_seed_and_i():
     objective.setup(Accelerator(cpu=True), max_train_steps=1)
     five, three = objective.sample_grids(5, seed=4)[""], objective.sample_grids(3, seed=4)[""]
     assert torch.equal(five[:3], three) and not torch.equal(five[0], five[1])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler"])
+def test_our_sampling_loop_equals_diffusers_documented_loop(tiny_unet, sampler):
+    """evaluate_fid's samplers are diffusers' schedulers, driven exactly as diffusers documents it."""
+    from diffusers import DDPMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from smallgen.evaluation import make_scheduler
+    from smallgen.sampling import sample_images, to_uint8
+    from smallgen.seeding import image_generators
+
+    config = DDPMScheduler(num_train_timesteps=50).config
+    ours = sample_images(tiny_unet, make_scheduler(config, sampler), 3, 6, seed=4, batch_size=2)
+    scheduler = make_scheduler(config, sampler)
+    scheduler.set_timesteps(6)
+    x = randn_tensor((3, 3, 8, 8), generator=image_generators(4, range(3), torch.device("cpu")))
+    x = x * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            prediction = tiny_unet(scheduler.scale_model_input(x, t), t).sample
+        x = scheduler.step(prediction, t, x).prev_sample
+    assert torch.equal(ours, to_uint8(x))
+    if sampler.startswith("dpmsolver"):
+        assert scheduler.config.solver_order == (3 if sampler.endswith("3m") else 2)

@@ -162,6 +162,25 @@ MUTATIONS = [
       [("def read_json(", "def _cycle():\n    from smallgen.checkpoints import list_checkpoints  # noqa: F401\n\n\n"
                           "def read_json(")],
       ["tests/test_structure.py::test_no_import_cycles"]),
+    m("budget-timing-not-undone", "the budget's timing steps leave no trace", "smallgen/trainer.py",
+      [("            budget.restore_state(self.objective, accelerator, saved)\n", "")],
+      ["tests/test_budget.py::test_a_time_budget_equals_its_step_count_given_directly"]),
+    m("budget-retimed-on-resume", "a resumed budget run keeps its planned steps", "smallgen/trainer.py",
+      [('steps = checkpoint_info(self.resume_path).get("max_train_steps") if self.resume_path else None',
+        "steps = None")],
+      ["tests/test_budget.py::test_a_resumed_budget_keeps_its_planned_steps"]),
+    m("cpu-threads-left-at-one", "accelerate launch trains on every CPU core", "smallgen/trainer.py",
+      [("    use_cpu_cores(accelerator, args.cpu_threads)\n", "")],
+      ["tests/test_budget.py::test_accelerate_launch_trains_on_every_core"]),
+    m("sampler-input-not-scaled", "samplers are driven as diffusers documents", "smallgen/sampling.py",
+      [("        model_input = scale_input(x, t).to(dtype)", "        model_input = x.to(dtype)")],
+      ["tests/test_sampling.py::test_our_sampling_loop_equals_diffusers_documented_loop"]),
+    m("sampler-noise-not-scaled", "samplers start from noise of the scheduler's scale", "smallgen/sampling.py",
+      [('    x = x * getattr(scheduler, "init_noise_sigma", 1.0)', "    x = x")],
+      ["tests/test_sampling.py::test_our_sampling_loop_equals_diffusers_documented_loop"]),
+    m("gan-ema-not-exported", "dcgan --use_ema exports the EMA generator", "smallgen/objectives/baselines.py",
+      [("        self.ema.copy_to(averaged.parameters())\n", "")],
+      ["tests/test_baselines.py::test_dcgan_ema_is_what_the_pipeline_samples"]),
 ]
 
 

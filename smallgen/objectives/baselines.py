@@ -6,6 +6,7 @@ decoding prior latents, image i's latent drawn from its own (seed, i) generator.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -17,6 +18,7 @@ from smallgen.objectives.base import ModelCardText, Objective
 
 class BaselineObjective(Objective):
     pipeline_kind = ""  # "vae" or "gan": which pipeline the export writes
+    supports_ema = False
 
     def __init__(self, data_args, model_args, train_args):
         super().__init__(data_args, model_args, train_args)
@@ -27,8 +29,8 @@ class BaselineObjective(Objective):
         args, resolution = self.train_args, self.data_args.resolution
         if args.gradient_accumulation_steps != 1:
             raise ConfigError("--gradient_accumulation_steps applies to ddpm only: baselines step every batch")
-        if args.use_ema:
-            raise ConfigError("--use_ema applies to ddpm only")
+        if args.use_ema and not self.supports_ema:
+            raise ConfigError("--use_ema applies to ddpm and dcgan only")
         if resolution < 8 or resolution & (resolution - 1):
             raise ConfigError(f"baselines need a power-of-two --resolution >= 8; got {resolution}")
 
@@ -128,7 +130,32 @@ class DCGANObjective(BaselineObjective):
         return {"generator": ConvDecoder(resolution, m.latent_dim, 3, m.base_channels),
                 "discriminator": ConvDiscriminator(resolution, 3, m.base_channels)}
 
+    supports_ema = True  # --use_ema: an EMA of the generator's weights is sampled and exported
+
+    def __init__(self, data_args, model_args, train_args):
+        super().__init__(data_args, model_args, train_args)
+        self.ema = None
+
+    def setup(self, accelerator, max_train_steps: int) -> None:
+        from diffusers.training_utils import EMAModel
+
+        super().setup(accelerator, max_train_steps)
+        args = self.train_args
+        if args.use_ema:
+            self.ema = EMAModel(self.networks["generator"].parameters(), decay=args.ema_max_decay,
+                                use_ema_warmup=args.ema_warmup, inv_gamma=args.ema_inv_gamma, power=args.ema_power,
+                                foreach=True)
+
+    def checkpoint_objects(self) -> dict:
+        return {} if self.ema is None else {"ema": self.ema}
+
     def train_step(self, micro_batches):
+        logged = self.adversarial_step(micro_batches)
+        if self.ema is not None:
+            self.ema.step(self.networks["generator"].parameters())
+        return logged
+
+    def adversarial_step(self, micro_batches):
         (batch,) = micro_batches  # baselines step every batch: no accumulation
         images, generator = batch.images, batch.generator
         g, d = self.networks["generator"], self.networks["discriminator"]
@@ -142,7 +169,13 @@ class DCGANObjective(BaselineObjective):
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     def decoder(self):
-        return self.accelerator.unwrap_model(self.networks["generator"])
+        """The generator, or with --use_ema a copy holding the EMA weights (and the live BatchNorm statistics)."""
+        generator = self.accelerator.unwrap_model(self.networks["generator"])
+        if self.ema is None:
+            return generator
+        averaged = copy.deepcopy(generator)
+        self.ema.copy_to(averaged.parameters())
+        return averaged
 
 
 class VAEGANObjective(VAEObjective):

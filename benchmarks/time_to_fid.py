@@ -1,0 +1,182 @@
+"""Time to FID: every named recipe trained for the same minutes on this machine, then scored under one protocol.
+
+    python benchmarks/time_to_fid.py --protocol cpu                      # the CPU table in docs/benchmarks.md
+    python benchmarks/time_to_fid.py --protocol gpu --dataset_name /path/to/cifar10
+    python benchmarks/time_to_fid.py --protocol cpu --recipes quickstart diffusers-example --budgets 5
+
+Each (recipe, budget) is one ``accelerate launch train_unconditional.py --config <recipe>
+--max_train_minutes <budget>`` with the protocol's data and resolution, then one ``evaluate_fid.py``
+on what it exported. Rows are appended to ``<output_dir>/time_to_fid.json`` and ``.md`` as they
+finish; a rerun skips the rows already there (so a long protocol can run in several calls).
+Recipes differ only by their config file; the protocol overrides the same flags for all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RECIPES = {  # name: (config file, extra flags); "diffusers-example" is diffusers' example's hyper-parameters
+    "quickstart": ("configs/quickstart.yaml", []),
+    "diffusers-example": ("configs/diffusers-example.yaml", []),
+    "vae": ("configs/cifar10-vae.yaml", []),
+    "dcgan": ("configs/cifar10-dcgan.yaml", []),
+    "dcgan-ema": ("configs/cifar10-dcgan.yaml", ["--use_ema", "--ema_max_decay", "0.999"]),
+    "vaegan": ("configs/cifar10-vaegan.yaml", []),
+}
+GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
+
+
+ALL = ["quickstart", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
+
+
+@dataclass
+class Protocol:
+    plan: dict[float, list[str]]  # minutes of training: the recipes trained that long
+    resolution: int
+    num_samples: int
+    num_reference: int | None  # None: the whole train split
+    sampler: str = "ddim"
+    sampler_steps: int = 50
+    train_flags: list[str] = field(default_factory=list)  # the same for every recipe
+    diffusion_flags: list[str] = field(default_factory=list)  # the same for every diffusion recipe
+    eval_flags: list[str] = field(default_factory=list)
+
+
+PROTOCOLS = {
+    # 2 CPU cores: 16 px training and references, 1,000 samples vs a fixed 1,000-image train subset.
+    "cpu": Protocol(plan={5: ALL, 15: ["quickstart", "diffusers-example"]}, resolution=16, num_samples=1000,
+                    num_reference=1000, eval_flags=["--batch_size", "250"]),
+    # one H100: 32 px, 10,000 samples vs the 50,000 train images; the speed flags for every recipe.
+    "gpu": Protocol(plan={6: ALL}, resolution=32, num_samples=10000, num_reference=None,
+                    train_flags=["--mixed_precision", "bf16", "--allow_tf32", "--channels_last"],
+                    diffusion_flags=["--model_config_name_or_path", "configs/models/unet-ddpm-cifar10.json"],
+                    eval_flags=["--batch_size", "1000", "--mixed_precision", "bf16"]),
+}
+
+
+def train(recipe: str, minutes: float, protocol: Protocol, args, run_dir: Path) -> dict:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+               "train_unconditional.py", "--config", RECIPES[recipe][0], "--dataset_name", args.dataset_name,
+               "--train_data_dir", "none", "--resolution", str(protocol.resolution), "--max_train_minutes",
+               str(minutes), "--output_dir", str(run_dir), "--overwrite_output_dir",
+               "--save_images_epochs", "1000000", "--seed", str(args.seed), *protocol.train_flags,
+               *(protocol.diffusion_flags if is_diffusion(recipe) else []), *RECIPES[recipe][1], *args.train_flag]
+    _run(command, run_dir / "train.log")
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def is_diffusion(recipe: str) -> bool:
+    from smallgen.config import load_config_file
+
+    return load_config_file(str(ROOT / RECIPES[recipe][0])).get("model_type", "ddpm") == "ddpm"
+
+
+def evaluate(protocol: Protocol, args, run_dir: Path, batchnorm: str | None) -> dict:
+    name = "fid" if batchnorm in (None, "eval") else f"fid-batchnorm-{batchnorm}"
+    command = [sys.executable, "evaluate_fid.py", "--pipeline", str(run_dir), "--dataset_name", args.dataset_name,
+               "--split", "train", "--resolution", str(protocol.resolution), "--num_samples",
+               str(args.num_samples or protocol.num_samples), "--scheduler", protocol.sampler,
+               "--num_inference_steps", str(protocol.sampler_steps), "--seed", str(args.seed),
+               "--save_samples", str(run_dir / f"{name}_samples"), "--output_json", str(run_dir / f"{name}.json"),
+               *(["--num_reference", str(protocol.num_reference)] if protocol.num_reference else []),
+               *(["--gan_batchnorm", batchnorm] if batchnorm else []), *protocol.eval_flags]
+    _run(command, run_dir / f"{name}.log")
+    return json.loads((run_dir / f"{name}.json").read_text())["results"][0]
+
+
+def scorings(run_dir: Path) -> list[str | None]:
+    """The BatchNorm modes to score a GAN with; one plain scoring for anything else."""
+    pipeline_class = json.loads((run_dir / "model_index.json").read_text())["_class_name"]
+    return list(GAN_BATCHNORM_MODES) if "GANPipeline" in str(pipeline_class) else [None]
+
+
+def _run(command: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("  $", " ".join(command), flush=True)
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text()[-3000:]
+        sys.exit(f"failed (exit {done.returncode}); the end of {log}:\n{tail}")
+
+
+def make_row(recipe: str, minutes: float, trained: dict, scored: dict) -> dict:
+    diffusion = scored.get("sampler") is not None
+    direct = "direct" if scored.get("gan_batchnorm") is None else f"direct, BN {scored['gan_batchnorm']}"
+    return {"recipe": recipe, "budget_minutes": minutes, "steps": trained["global_step"],
+            "images_seen": trained["images_seen"], "images_per_second": trained["images_per_second"],
+            "train_minutes": trained["clock_seconds"] / 60, "sampler": scored.get("sampler") or direct,
+            "nfe": scored["steps"] if diffusion else 1, "fid": scored["fid"], "kid_mean": scored["kid_mean"],
+            "kid_std": scored["kid_std"], "num_samples": scored["num_samples"], "reference": scored["reference"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| recipe | budget | steps | images seen | img/s | sampler | NFE | FID | KID (x1e3) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['budget_minutes']:g} min ({r['train_minutes']:.2f}) | {r['steps']} | "
+                     f"{r['images_seen']:,} | {r['images_per_second']:.0f} | {r['sampler']} | {r['nfe']} | "
+                     f"{r['fid']:.1f} | {1e3 * r['kid_mean']:.1f} ± {1e3 * r['kid_std']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict], info: dict, output_dir: Path) -> None:
+    (output_dir / "time_to_fid.json").write_text(json.dumps({**info, "rows": rows}, indent=2))
+    (output_dir / "time_to_fid.md").write_text(markdown(rows))
+
+
+def planned_runs(protocol: Protocol, args) -> list[tuple[float, str]]:
+    """(minutes, recipe) pairs: the protocol's plan, or --budgets x recipes, kept to --recipes if given."""
+    plan = {minutes: ALL for minutes in args.budgets} if args.budgets else protocol.plan
+    return [(minutes, recipe) for minutes, recipes in plan.items() for recipe in recipes
+            if not args.recipes or recipe in args.recipes]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="Default: the protocol's.")
+    parser.add_argument("--budgets", nargs="+", type=float, help="Minutes, for every recipe; default: the protocol's plan.")
+    parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
+                        help="CIFAR-10 (hub id or local folder) for training and references.")
+    parser.add_argument("--num_samples", type=int, help="Override the protocol's (quick checks only).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_flag", action="append", default=[],
+                        help="An extra flag for every training run (repeat; e.g. --train_flag=--max_train_samples).")
+    parser.add_argument("--output_dir", default="runs/time_to_fid")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]
+    output_dir = Path(args.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    previous = output_dir / "time_to_fid.json"
+    rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
+    info = {"protocol": args.protocol, "dataset_name": args.dataset_name, "command": " ".join(["python benchmarks/time_to_fid.py", *(sys.argv[1:] if argv is None else argv)])}
+    for minutes, recipe in planned_runs(protocol, args):
+        if any(r["recipe"] == recipe and r["budget_minutes"] == minutes for r in rows):
+            continue
+        run_dir = output_dir / f"{recipe}-{minutes:g}min"
+        print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
+        trained = train(recipe, minutes, protocol, args, run_dir)
+        for batchnorm in scorings(run_dir):
+            print(f"{recipe}, {minutes:g} min: scoring {trained['global_step']} steps", flush=True)
+            rows.append(make_row(recipe, minutes, trained, evaluate(protocol, args, run_dir, batchnorm)))
+            write(rows, info, output_dir)
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""benchmarks/time_to_fid.py end to end on a tiny protocol: real training runs, real FID, one table."""
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLE_CIFAR10
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import time_to_fid  # noqa: E402
+
+TINY_RECIPE = """
+model_config_name_or_path: {unet}
+ddpm_num_steps: 50
+train_batch_size: 8
+eval_batch_size: 8
+max_train_samples: 64
+max_validation_samples: 8
+learning_rate: 1.0e-3
+lr_warmup_steps: 2
+logger: none
+num_sample_images: 4
+ddpm_num_inference_steps: 3
+ddim_num_inference_steps: 2
+max_train_steps: 4
+"""
+
+
+@pytest.fixture
+def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
+    ddpm = tmp_path / "tiny-ddpm.yaml"
+    ddpm.write_text(TINY_RECIPE.format(unet=tiny_unet_config))
+    gan = tmp_path / "tiny-dcgan.yaml"
+    gan.write_text("model_type: dcgan\nbase_channels: 8\nlatent_dim: 16\ntrain_batch_size: 8\nlogger: none\n"
+                   "max_train_samples: 64\nmax_validation_samples: 8\nnum_sample_images: 4\nmax_train_steps: 3\n")
+    monkeypatch.setitem(time_to_fid.RECIPES, "tiny-ddpm", (str(ddpm), []))
+    monkeypatch.setitem(time_to_fid.RECIPES, "tiny-dcgan", (str(gan), ["--use_ema"]))
+    protocol = time_to_fid.Protocol(plan={0.02: ["tiny-ddpm", "tiny-dcgan"]}, resolution=16,
+                                    num_samples=10, num_reference=10, sampler_steps=2,
+                                    eval_flags=["--batch_size", "10", "--cache_dir", str(tmp_path / "cache")])
+    monkeypatch.setitem(time_to_fid.PROTOCOLS, "tiny", protocol)
+    return ["--protocol", "tiny", "--dataset_name", str(SAMPLE_CIFAR10), "--output_dir", str(tmp_path / "out")]
+
+
+def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_path, capsys):
+    time_to_fid.main(tiny_protocol)
+    table = json.loads((tmp_path / "out" / "time_to_fid.json").read_text())
+    rows = table["rows"]
+    assert [(r["recipe"], r["sampler"], r["nfe"]) for r in rows] == [
+        ("tiny-ddpm", "ddim", 2), ("tiny-dcgan", "direct, BN eval", 1), ("tiny-dcgan", "direct, BN train", 1)]
+    assert table["protocol"] == "tiny"
+    scores = {"ddim": "fid.json", "direct, BN eval": "fid.json", "direct, BN train": "fid-batchnorm-train.json"}
+    for row in rows:
+        run_dir = tmp_path / "out" / f"{row['recipe']}-0.02min"
+        trained = json.loads((run_dir / "results.json").read_text())
+        scored = json.loads((run_dir / scores[row["sampler"]]).read_text())["results"][0]
+        assert trained["max_train_minutes"] == 0.02 and row["steps"] == trained["global_step"] >= 1
+        assert row["fid"] == scored["fid"] > 0 and row["num_samples"] == 10
+        assert row["images_seen"] == trained["images_seen"]
+    assert rows[1]["fid"] != rows[2]["fid"]  # batch statistics give other images
+    assert rows[0]["steps"] <= 4  # the recipe's max_train_steps caps the budget
+    markdown = (tmp_path / "out" / "time_to_fid.md").read_text().splitlines()
+    assert len(markdown) == 5 and markdown[2].startswith("| tiny-ddpm | 0.02 min")
+    capsys.readouterr()
+    time_to_fid.main(tiny_protocol)  # a rerun skips the rows it has
+    assert "training" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "time_to_fid.json").read_text())["rows"] == table["rows"]
+
+
+def test_a_failed_run_stops_with_its_log(tiny_protocol, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("learning_rate: -1\n")
+    monkeypatch.setitem(time_to_fid.RECIPES, "tiny-ddpm", (str(broken), []))
+    with pytest.raises(SystemExit, match="learning_rate"):
+        time_to_fid.main(tiny_protocol)
