@@ -24,8 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = {  # name: (config file, extra flags); "diffusers-example" is diffusers' example's hyper-parameters
+RECIPES = {  # name: (config file, extra training flags[, evaluation flags]); "diffusers-example" is diffusers'
+    # example's hyper-parameters. EDM models sample with diffusers' EDM Euler at the protocol's NFE.
     "quickstart": ("configs/quickstart.yaml", []),
+    "edm": ("configs/quickstart-edm.yaml", [], ["--scheduler", "edm-euler"]),
     "diffusers-example": ("configs/diffusers-example.yaml", []),
     "vae": ("configs/cifar10-vae.yaml", []),
     "dcgan": ("configs/cifar10-dcgan.yaml", []),
@@ -35,7 +37,7 @@ RECIPES = {  # name: (config file, extra flags); "diffusers-example" is diffuser
 GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
 
 
-ALL = ["quickstart", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
+ALL = ["quickstart", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan", "edm"]
 
 
 @dataclass
@@ -77,10 +79,10 @@ def train(recipe: str, minutes: float, protocol: Protocol, args, run_dir: Path) 
 def is_diffusion(recipe: str) -> bool:
     from smallgen.config import load_config_file
 
-    return load_config_file(str(ROOT / RECIPES[recipe][0])).get("model_type", "ddpm") == "ddpm"
+    return load_config_file(str(ROOT / RECIPES[recipe][0])).get("model_type", "ddpm") in ("ddpm", "edm")
 
 
-def evaluate(protocol: Protocol, args, run_dir: Path, batchnorm: str | None) -> dict:
+def evaluate(recipe: str, protocol: Protocol, args, run_dir: Path, batchnorm: str | None) -> dict:
     name = "fid" if batchnorm in (None, "eval") else f"fid-batchnorm-{batchnorm}"
     command = [sys.executable, "evaluate_fid.py", "--pipeline", str(run_dir), "--dataset_name", args.dataset_name,
                "--split", "train", "--resolution", str(protocol.resolution), "--num_samples",
@@ -88,7 +90,8 @@ def evaluate(protocol: Protocol, args, run_dir: Path, batchnorm: str | None) -> 
                "--num_inference_steps", str(protocol.sampler_steps), "--seed", str(args.seed),
                "--save_samples", str(run_dir / f"{name}_samples"), "--output_json", str(run_dir / f"{name}.json"),
                *(["--num_reference", str(protocol.num_reference)] if protocol.num_reference else []),
-               *(["--gan_batchnorm", batchnorm] if batchnorm else []), *protocol.eval_flags]
+               *(["--gan_batchnorm", batchnorm] if batchnorm else []), *protocol.eval_flags,
+               *(RECIPES[recipe][2] if len(RECIPES[recipe]) > 2 else [])]
     _run(command, run_dir / f"{name}.log")
     return json.loads((run_dir / f"{name}.json").read_text())["results"][0]
 
@@ -132,6 +135,37 @@ def markdown(rows: list[dict]) -> str:
 def write(rows: list[dict], info: dict, output_dir: Path) -> None:
     (output_dir / "time_to_fid.json").write_text(json.dumps({**info, "rows": rows}, indent=2))
     (output_dir / "time_to_fid.md").write_text(markdown(rows))
+    plot_samples(rows, output_dir)
+
+
+def plot_samples(rows: list[dict], output_dir: Path, count: int = 36) -> None:
+    """time_to_fid.png: the first ``count`` scored samples of every row, titled with its FID."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from smallgen.plots import image_grid
+
+    columns = min(len(rows), 4)
+    lines = -(-len(rows) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.6 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        scoring = "fid-batchnorm-train" if row["sampler"].endswith("BN train") else "fid"
+        folder = output_dir / f"{row['recipe']}-{row['budget_minutes']:g}min" / f"{scoring}_samples"
+        files = sorted(folder.glob("*.png"))[:count]
+        if files:
+            images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+            ax.imshow(image_grid(images.permute(0, 3, 1, 2), scale=2))
+        ax.set_title(f"{row['recipe']}, {row['budget_minutes']:g} min\n{row['sampler']}: FID {row['fid']:.1f}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(output_dir / "time_to_fid.png", dpi=100)
+    plt.close(figure)
 
 
 def planned_runs(protocol: Protocol, args) -> list[tuple[float, str]]:
@@ -165,14 +199,20 @@ def main(argv=None) -> None:
     rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
     info = {"protocol": args.protocol, "dataset_name": args.dataset_name, "command": " ".join(["python benchmarks/time_to_fid.py", *(sys.argv[1:] if argv is None else argv)])}
     for minutes, recipe in planned_runs(protocol, args):
-        if any(r["recipe"] == recipe and r["budget_minutes"] == minutes for r in rows):
-            continue
+        done = [r["sampler"] for r in rows if r["recipe"] == recipe and r["budget_minutes"] == minutes]
         run_dir = output_dir / f"{recipe}-{minutes:g}min"
-        print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
-        trained = train(recipe, minutes, protocol, args, run_dir)
+        if done and (run_dir / "results.json").exists():  # trained before: score what is missing
+            trained = json.loads((run_dir / "results.json").read_text())
+        elif done:
+            continue
+        else:
+            print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
+            trained = train(recipe, minutes, protocol, args, run_dir)
         for batchnorm in scorings(run_dir):
+            if done and (batchnorm is None or f"direct, BN {batchnorm}" in done):
+                continue
             print(f"{recipe}, {minutes:g} min: scoring {trained['global_step']} steps", flush=True)
-            rows.append(make_row(recipe, minutes, trained, evaluate(protocol, args, run_dir, batchnorm)))
+            rows.append(make_row(recipe, minutes, trained, evaluate(recipe, protocol, args, run_dir, batchnorm)))
             write(rows, info, output_dir)
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print(markdown(rows))

@@ -27,6 +27,10 @@ class DiffusionLoss:
         self.schedule = schedule
         self.snr_gamma = snr_gamma
 
+    def to(self, device) -> DiffusionLoss:
+        self.schedule.to(device)
+        return self
+
     def weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
         if self.snr_gamma is None:
             return None

@@ -3,9 +3,11 @@
 * ``VAEPipeline``: prior samples through a ConvVAE's decoder.
 * ``GANPipeline``: latents through a DCGAN generator or a VAE-GAN decoder.
 * ``ClassConditionalPipeline``: a class-conditional UNet with classifier-free guidance.
+* ``EDMPipeline``: an EDM-preconditioned UNet with diffusers' EDM schedulers.
 """
 
 from pipelines.pipeline_baselines import GANPipeline, VAEPipeline
 from pipelines.pipeline_conditional import ClassConditionalPipeline
+from pipelines.pipeline_edm import EDMPipeline
 
-__all__ = ["ClassConditionalPipeline", "GANPipeline", "VAEPipeline"]
+__all__ = ["ClassConditionalPipeline", "EDMPipeline", "GANPipeline", "VAEPipeline"]

@@ -149,8 +149,8 @@ class ModelArguments:
             raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {self.beta_start}, {self.beta_end}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"--snr_gamma must be positive; got {self.snr_gamma}")
-        if self.model_type != "ddpm" and self.model_config_name_or_path is not None:
-            raise ConfigError("--model_config_name_or_path names a UNet config (ddpm only); size baselines with "
+        if self.model_type not in ("ddpm", "edm") and self.model_config_name_or_path is not None:
+            raise ConfigError("--model_config_name_or_path names a UNet config (ddpm and edm); size baselines with "
                               "--latent_dim and --base_channels")
         if self.latent_dim is None and self.model_type in BASELINE_LATENT_DIMS:
             self.latent_dim = BASELINE_LATENT_DIMS[self.model_type]

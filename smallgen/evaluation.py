@@ -23,7 +23,8 @@ from smallgen.config import INTERPOLATIONS, MIXED_PRECISION_CHOICES, DataArgumen
 from smallgen.data import decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler")  # dpmsolver++: DPM-Solver++(2M)
+# dpmsolver++: DPM-Solver++(2M); edm-*: for EDM pipelines (--model_type edm), diffusers' EDM schedulers
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler", "edm-euler", "edm-dpmsolver")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -234,9 +235,20 @@ def make_scheduler(config, sampler: str):
         DDIMScheduler,
         DDPMScheduler,
         DPMSolverMultistepScheduler,
+        EDMDPMSolverMultistepScheduler,
+        EDMEulerScheduler,
         EulerDiscreteScheduler,
         UniPCMultistepScheduler,
     )
+
+    edm_model = "sigma_data" in config  # an EDM pipeline's scheduler (its network is preconditioned)
+    if edm_model != sampler.startswith("edm-"):
+        raise UserError(f"--scheduler {sampler} cannot sample this pipeline: EDM pipelines take edm-euler or "
+                        "edm-dpmsolver, other diffusion pipelines the rest")
+    if sampler == "edm-euler":
+        return EDMEulerScheduler.from_config(config)
+    if sampler == "edm-dpmsolver":
+        return EDMDPMSolverMultistepScheduler.from_config(config)
 
     if sampler == "ddpm":
         return DDPMScheduler.from_config(config)

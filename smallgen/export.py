@@ -32,7 +32,8 @@ BASELINE_PIPELINES = {
     "vae": BaselinePipeline("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE"),
     "gan": BaselinePipeline("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder"),
 }
-OWN_PIPELINE_CLASSES = (*(p.class_name for p in BASELINE_PIPELINES.values()), "ClassConditionalPipeline")
+OWN_PIPELINE_CLASSES = (*(p.class_name for p in BASELINE_PIPELINES.values()), "ClassConditionalPipeline",
+                        "EDMPipeline")
 
 
 def save_custom_pipeline(pipeline, module: str, output_dir: str, component_files: dict | None = None) -> None:

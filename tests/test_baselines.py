@@ -141,7 +141,7 @@ def test_baseline_config_errors(sprites_dir, tmp_path):
         run_training(baseline_args(sprites_dir, tmp_path / "b", "vae", use_ema=True))
     with pytest.raises(ConfigError, match="power-of-two"):
         run_training(baseline_args(sprites_dir, tmp_path / "c", "vae", resolution=24))
-    with pytest.raises(ConfigError, match="ddpm only"):
+    with pytest.raises(ConfigError, match="ddpm and edm"):
         run_training(baseline_args(sprites_dir, tmp_path / "d", "vae",
                                    model_config_name_or_path=ROOT / "configs/models/unet-tiny.json"))
     with pytest.raises(SystemExit):  # argparse lists the choices and exits 2

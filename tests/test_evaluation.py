@@ -238,7 +238,8 @@ def test_clear_errors(tiny_pipeline, tmp_path, inception, capsys):
     fails(["--pipeline", str(tmp_path / "nowhere"), "--dataset_name", str(SAMPLE_CIFAR10)], "does not exist")
     fails(["--pipeline", str(tmp_path), "--dataset_name", str(SAMPLE_CIFAR10)], "not a pipeline folder")
     fails(["--dataset_name", str(SAMPLE_CIFAR10)], "exactly one of --pipeline and --samples_dir")
-    fails(base + ["--scheduler", "euler"], "invalid choice: 'euler'")
+    fails(base + ["--scheduler", "heun"], "invalid choice: 'heun'")
+    fails(base + ["--scheduler", "edm-euler", "--num_inference_steps", "2"], "EDM pipelines take edm-euler")
     (tmp_path / "x.json").write_text("{}")
     fails(["--compare", str(tmp_path / "x.json")], "not an evaluate_fid.py results file")
     one = tmp_path / "one"

@@ -11,6 +11,7 @@ from importlib import import_module
 OBJECTIVES = {
     "ddpm": "smallgen.objectives.diffusion:DiffusionObjective",
     "ddpm+class": "smallgen.objectives.conditional:ClassConditionalObjective",  # --class_conditional
+    "edm": "smallgen.objectives.edm:EDMObjective",
     "vae": "smallgen.objectives.baselines:VAEObjective",
     "dcgan": "smallgen.objectives.baselines:DCGANObjective",
     "vaegan": "smallgen.objectives.baselines:VAEGANObjective",

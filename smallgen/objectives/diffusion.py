@@ -84,7 +84,7 @@ class DiffusionObjective(Objective):
             self.ema.to(accelerator.device)
         super().setup(accelerator, max_train_steps)
         self.unet = self.networks["unet"]
-        self.loss.schedule.to(accelerator.device)
+        self.loss.to(accelerator.device)
         self.compiled = torch.compile(self.unet) if args.torch_compile else self.unet
 
     def trained_parameters(self) -> list:

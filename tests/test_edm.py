@@ -1,0 +1,141 @@
+"""--model_type edm: the preconditioning equals diffusers' EDM schedulers', sampling is Karras' Euler,
+training resumes exactly, and the exported EDMPipeline loads both ways with the same images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.edm import EDMLoss, EDMPreconditioning
+from smallgen.errors import ConfigError
+from tests.conftest import ROOT, run_without_this_project
+from tests.test_training import run_training, tiny_args
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    from diffusers import UNet2DModel
+
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(sample_size=8, block_out_channels=[16, 32], norm_num_groups=8)
+    torch.manual_seed(0)
+    return UNet2DModel.from_config(config).eval()
+
+
+def edm_scheduler(kind="euler"):
+    from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
+
+    from smallgen.objectives.edm import EDM_SCHEDULER
+
+    cls = EDMEulerScheduler if kind == "euler" else EDMDPMSolverMultistepScheduler
+    return cls(**EDM_SCHEDULER, sigma_data=0.5)
+
+
+def test_preconditioning_equals_diffusers_edm_schedulers(tiny_unet):
+    scheduler = edm_scheduler()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 8, 8) * 3
+    ours = EDMPreconditioning(0.5)
+    for sigma in (0.002, 0.3, 2.0, 80.0):
+        levels = torch.full((2,), sigma)
+        with torch.no_grad():
+            mine = ours.denoise(lambda scaled, c_noise: tiny_unet(scaled, c_noise).sample, x, levels)
+            raw = tiny_unet(scheduler.precondition_inputs(x, torch.tensor(sigma)),
+                            scheduler.precondition_noise(torch.tensor(sigma))).sample
+        theirs = scheduler.precondition_outputs(x, raw, torch.tensor(sigma))
+        assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5), sigma
+
+
+def test_the_loss_draws_noise_then_levels_and_weights_by_the_level():
+    """lambda(sigma) |D - x|^2 per image at ln(sigma) ~ N(P_mean, P_std^2), checked with a denoiser
+    that returns 0 (so |D - x|^2 = |x|^2)."""
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    loss = EDMLoss(p_mean=-1.2, p_std=1.2, sigma_data=0.5)
+    seen = {}
+
+    def zero_denoiser(noisy, sigma):
+        seen["sigma"], seen["noisy"] = sigma, noisy
+        return torch.zeros_like(noisy)
+
+    per_image = loss(zero_denoiser, images, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(images.shape, generator=generator)
+    sigma = (torch.randn((4,), generator=generator) * 1.2 - 1.2).exp()
+    assert torch.allclose(seen["sigma"], sigma) and torch.allclose(seen["noisy"], images + sigma.view(-1, 1, 1, 1) * noise)
+    weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+    assert torch.allclose(per_image, weight * images.pow(2).mean(dim=(1, 2, 3)), rtol=1e-5)
+
+
+def test_sampling_with_diffusers_edm_euler_is_karras_euler(tiny_unet):
+    from smallgen.sampling import reverse_process
+    from smallgen.seeding import image_generators
+
+    scheduler = edm_scheduler()
+    with torch.no_grad():
+        *_, (_, _, last) = reverse_process(tiny_unet, scheduler, 6, image_generators(2, range(3), torch.device("cpu")))
+    ours = last.prev_sample
+    # Algorithm 1 of Karras et al. with Euler steps, written out with our denoiser.
+    reference = edm_scheduler()
+    reference.set_timesteps(6)
+    sigmas = reference.sigmas
+    x = torch.cat([torch.randn((1, 3, 8, 8), generator=g) for g in image_generators(2, range(3), torch.device("cpu"))])
+    x = x * reference.init_noise_sigma
+    denoiser = EDMPreconditioning(0.5)
+    for i in range(len(sigmas) - 1):
+        with torch.no_grad():
+            d = denoiser.denoise(lambda s, c: tiny_unet(s, c).sample, x, sigmas[i].repeat(3))
+        x = x + (sigmas[i + 1] - sigmas[i]) * (x - d) / sigmas[i]
+    assert sigmas[0] == 80.0 and sigmas[-1] == 0
+    assert torch.allclose(ours, x, atol=1e-4)
+
+
+def test_edm_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, tmp_path):
+    from pipelines.pipeline_edm import EDMPipeline
+    from smallgen.sampling import sample_images
+    from smallgen.seeding import image_generators
+
+    common = dict(model_type="edm", max_train_steps=6, checkpointing_steps=3, use_ema=True, random_flip=True,
+                  ddim_num_inference_steps=3)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
+    assert np.isfinite(results["train_loss"]) and np.isfinite(results["val_loss"])
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest", **common))
+    for name in ("unet.safetensors", "training_state.safetensors"):
+        a, b = load_file(straight / "checkpoint-6" / name), load_file(resumed / "checkpoint-6" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert {p.name for p in (straight / "samples").iterdir()} == {"epoch_0001_edm_euler.png",
+                                                                  "epoch_0001_edm_dpmsolver.png"}
+    pipeline = EDMPipeline.from_pretrained(straight)
+    assert type(pipeline.scheduler).__name__ == "EDMEulerScheduler"
+    generators = image_generators(0, range(2), torch.device("cpu"))
+    images = pipeline(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
+    expected = sample_images(pipeline.unet, edm_scheduler(), 2, 4, seed=0, batch_size=2)  # our loop, same noise
+    assert np.abs(images * 255 - expected.permute(0, 2, 3, 1).numpy()).max() <= 0.51
+    plain = [torch.Generator().manual_seed(i) for i in range(2)]  # what a machine without smallgen can make
+    np.save(tmp_path / "ours.npy", pipeline(batch_size=2, generator=plain, num_inference_steps=4, output_type="np").images)
+    code = f"""
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(straight)!r}, trust_remote_code=True)
+generators = [torch.Generator().manual_seed(i) for i in range(2)]
+images = pipe(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
+print(type(pipe).__name__, float(np.abs(images - np.load({str(tmp_path / "ours.npy")!r})).max()))
+"""
+    result = run_without_this_project(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, difference = result.stdout.split()
+    assert name == "EDMPipeline" and float(difference) == 0.0
+
+
+def test_edm_refuses_ddpm_only_flags(sprites_dir, tiny_unet_config, tmp_path):
+    for flags, message in ((dict(snr_gamma=5), "snr_gamma"), (dict(prediction_type="v_prediction"), "prediction_type")):
+        with pytest.raises(ConfigError, match=message):
+            run_training(tiny_args(sprites_dir, tiny_unet_config, tmp_path / "x", model_type="edm", **flags))
+    assert not (tmp_path / "x").exists()
