@@ -62,6 +62,7 @@ def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_pa
     assert rows[0]["steps"] <= 4  # the recipe's max_train_steps caps the budget
     markdown = (tmp_path / "out" / "time_to_fid.md").read_text().splitlines()
     assert len(markdown) == 5 and markdown[2].startswith("| tiny-ddpm | 0.02 min")
+    assert (tmp_path / "out" / "time_to_fid.png").stat().st_size > 1000  # the samples of every row
     capsys.readouterr()
     time_to_fid.main(tiny_protocol)  # a rerun skips the rows it has
     assert "training" not in capsys.readouterr().out
