@@ -52,6 +52,18 @@ def tiny_unet_config(tmp_path_factory):
     return write_tiny_unet_config(tmp_path_factory.mktemp("cfg"), dropout=0.1)
 
 
+@pytest.fixture(scope="module")
+def tiny_unet():
+    """A random two-level UNet2DModel at 8 px, in eval mode (sampling tests)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(sample_size=8, block_out_channels=[16, 32], norm_num_groups=8)
+    torch.manual_seed(0)
+    return UNet2DModel.from_config(config).eval()
+
+
 def run_without_this_project(code: str, folder: Path):
     """Run ``code`` in a fresh interpreter where models/, pipelines/ and smallgen/ cannot be imported:
     what a machine with only diffusers sees (custom pipeline code comes from the exported folder)."""

@@ -1,7 +1,6 @@
 """--model_type edm: the preconditioning equals diffusers' EDM schedulers', sampling is Karras' Euler,
 training resumes exactly, and the exported EDMPipeline loads both ways with the same images."""
 
-import json
 
 import numpy as np
 import pytest
@@ -10,18 +9,8 @@ from safetensors.torch import load_file
 
 from models.edm import EDMLoss, EDMPreconditioning
 from smallgen.errors import ConfigError
-from tests.conftest import ROOT, run_without_this_project
+from tests.conftest import run_without_this_project
 from tests.test_training import run_training, tiny_args
-
-
-@pytest.fixture(scope="module")
-def tiny_unet():
-    from diffusers import UNet2DModel
-
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(sample_size=8, block_out_channels=[16, 32], norm_num_groups=8)
-    torch.manual_seed(0)
-    return UNet2DModel.from_config(config).eval()
 
 
 def edm_scheduler(kind="euler"):

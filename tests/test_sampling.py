@@ -1,22 +1,10 @@
 """Per-image seeds: image i depends only on (seed, i), whatever the batch size (EDM's generate.py)."""
 
-import json
 
 import pytest
 import torch
 
 from models.schedulers import DDIMSampler, DDPMSampler
-from tests.conftest import ROOT
-
-
-@pytest.fixture(scope="module")
-def tiny_unet():
-    from diffusers import UNet2DModel
-
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(sample_size=8, block_out_channels=[16, 32], norm_num_groups=8)
-    torch.manual_seed(0)
-    return UNet2DModel.from_config(config).eval()
 
 
 @pytest.mark.parametrize("sampler,eta", [(DDPMSampler(num_train_timesteps=50), None),
