@@ -32,17 +32,25 @@ def restore_state(objective, accelerator, saved: dict) -> None:
         part.load_state_dict(copy.deepcopy(saved[name]))
 
 
-def seconds_per_step(run_step, budget_seconds: float) -> float:
+def seconds_per_step(run_step, budget_seconds: float, slowest=lambda seconds: seconds) -> float:
     """Mean wall time of ``run_step(i)`` (which must end with a host sync) after UNTIMED_STEPS steps,
-    timed for a small share of the budget (at least two steps)."""
+    over enough steps to fill a small share of the budget (at least two).
+
+    ``slowest(seconds)`` returns the largest value over all processes: every process must run the
+    same number of steps (each step synchronises gradients), so the count comes from the slowest
+    process's first timed step, and the result is the slowest process's mean.
+    """
     limit = min(MAX_TIMING_SECONDS, TIMING_SHARE * budget_seconds)
     for i in range(UNTIMED_STEPS):
         run_step(i)
-    start, timed = time.perf_counter(), 0
-    while timed < 2 or time.perf_counter() - start < limit:
-        run_step(UNTIMED_STEPS + timed)
-        timed += 1
-    return (time.perf_counter() - start) / timed
+    start = time.perf_counter()
+    run_step(UNTIMED_STEPS)
+    first = slowest(time.perf_counter() - start)
+    count = min(max(2, int(limit / max(first, 1e-6))), 100_000)
+    start = time.perf_counter()
+    for i in range(count):
+        run_step(UNTIMED_STEPS + 1 + i)
+    return slowest((time.perf_counter() - start) / count)
 
 
 def steps_in_budget(minutes: float, step_seconds: float, cap: int | None) -> int:

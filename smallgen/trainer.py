@@ -177,8 +177,7 @@ class Trainer:
             start = time.perf_counter()
             saved = budget.capture_state(self.objective, accelerator)
             self.objective.train_mode(True)
-            step_seconds = budget.seconds_per_step(self.timing_step, args.max_train_minutes * 60)
-            step_seconds = accelerator.reduce(torch.tensor(step_seconds, device=accelerator.device), "max").item()
+            step_seconds = budget.seconds_per_step(self.timing_step, args.max_train_minutes * 60, self.slowest)
             budget.restore_state(self.objective, accelerator, saved)
             steps = budget.steps_in_budget(args.max_train_minutes, step_seconds, args.max_train_steps)
             self.timing_seconds = time.perf_counter() - start
@@ -186,6 +185,13 @@ class Trainer:
         self.plan = StepPlan.for_run(len(self.feeder), args, fixed_steps=steps)
         self.objective.make_lr_schedules(steps)
         accelerator.print(f"time budget {args.max_train_minutes:g} min: {steps} optimizer steps ({how})")
+
+    def slowest(self, seconds: float) -> float:
+        """The largest of ``seconds`` over the processes (the same on every process)."""
+        if self.accelerator.num_processes == 1:
+            return seconds
+        value = torch.tensor(seconds, device=self.accelerator.device)
+        return self.accelerator.reduce(value, "max").item()
 
     def timing_step(self, step: int) -> None:
         """One real step for the budget's timing, ending with a host sync."""

@@ -103,3 +103,17 @@ def test_accelerate_launch_trains_on_every_core(sprites_dir, tiny_unet_config, t
     done = subprocess.run([sys.executable, "train_unconditional.py", *argv], cwd=ROOT,
                           env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "CPU: 1 threads per process" in done.stdout + done.stderr
+
+
+def test_two_processes_agree_on_the_timing_and_the_step_count(sprites_dir, tiny_unet_config, tmp_path):
+    """Every process runs the same timing steps (each step all-reduces gradients) and gets one count."""
+    from tests.test_training import _launch_two_processes
+
+    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "ddp", max_train_minutes=0.02, train_batch_size=4,
+                     use_ema=True)
+    result = _launch_two_processes(argv, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = [line for line in result.stdout.splitlines() if line.startswith("time budget")]
+    assert len(planned) == 1  # printed by the main process
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["num_processes"] == 2 and f"{results['global_step']} optimizer steps" in planned[0]
