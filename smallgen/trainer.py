@@ -177,7 +177,9 @@ class Trainer:
             start = time.perf_counter()
             saved = budget.capture_state(self.objective, accelerator)
             self.objective.train_mode(True)
-            step_seconds = budget.seconds_per_step(self.timing_step, args.max_train_minutes * 60, self.slowest)
+            batches = itertools.chain.from_iterable(self.feeder.epoch(e) for e in itertools.count())
+            step_seconds = budget.seconds_per_step(lambda step: self.timing_step(batches, step),
+                                                   args.max_train_minutes * 60, self.slowest)
             budget.restore_state(self.objective, accelerator, saved)
             steps = budget.steps_in_budget(args.max_train_minutes, step_seconds, args.max_train_steps)
             self.timing_seconds = time.perf_counter() - start
@@ -193,12 +195,9 @@ class Trainer:
         value = torch.tensor(seconds, device=self.accelerator.device)
         return self.accelerator.reduce(value, "max").item()
 
-    def timing_step(self, step: int) -> None:
+    def timing_step(self, batches, step: int) -> None:
         """One real step for the budget's timing, ending with a host sync."""
-        if step == 0:
-            epochs = itertools.count()
-            self.timing_batches = itertools.chain.from_iterable(self.feeder.epoch(e) for e in epochs)
-        logged = self.objective.train_step(self.micro_batches(self.timing_batches, step))
+        logged = self.objective.train_step(self.micro_batches(batches, step))
         for scheduler in self.objective.lr_schedulers.values():
             scheduler.step()
         float(next(iter(logged.values())))
