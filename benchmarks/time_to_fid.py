@@ -24,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = {  # name: (config file, extra training flags[, evaluation flags]); "diffusers-example" is diffusers'
-    # example's hyper-parameters. EDM models sample with diffusers' EDM Euler at the protocol's NFE.
-    "quickstart": ("configs/quickstart.yaml", []),
-    "edm": ("configs/quickstart-edm.yaml", [], ["--scheduler", "edm-euler"]),
+RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers-example" is diffusers'
+    # example's hyper-parameters. Diffusion rows are scored with each of their samplers (default: the
+    # protocol's) at the protocol's NFE; EDM models take diffusers' EDM schedulers, the first the default.
+    "quickstart": ("configs/quickstart.yaml", [], ["edm-dpmsolver", "edm-euler"]),
+    "quickstart-ddpm": ("configs/quickstart-ddpm.yaml", []),
     "diffusers-example": ("configs/diffusers-example.yaml", []),
     "vae": ("configs/cifar10-vae.yaml", []),
     "dcgan": ("configs/cifar10-dcgan.yaml", []),
@@ -37,7 +38,7 @@ RECIPES = {  # name: (config file, extra training flags[, evaluation flags]); "d
 GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
 
 
-ALL = ["quickstart", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan", "edm"]
+ALL = ["quickstart", "quickstart-ddpm", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Protocol:
 
 PROTOCOLS = {
     # 2 CPU cores: 16 px training and references, 1,000 samples vs a fixed 1,000-image train subset.
-    "cpu": Protocol(plan={5: ALL, 15: ["quickstart", "diffusers-example"]}, resolution=16, num_samples=1000,
+    "cpu": Protocol(plan={5: ALL, 15: ["quickstart", "quickstart-ddpm", "diffusers-example"]}, resolution=16, num_samples=1000,
                     num_reference=1000, eval_flags=["--batch_size", "250"]),
     # one H100: 32 px, 10,000 samples vs the 50,000 train images; the speed flags for every recipe.
     "gpu": Protocol(plan={6: ALL}, resolution=32, num_samples=10000, num_reference=None,
@@ -82,24 +83,47 @@ def is_diffusion(recipe: str) -> bool:
     return load_config_file(str(ROOT / RECIPES[recipe][0])).get("model_type", "ddpm") in ("ddpm", "edm")
 
 
-def evaluate(recipe: str, protocol: Protocol, args, run_dir: Path, batchnorm: str | None) -> dict:
-    name = "fid" if batchnorm in (None, "eval") else f"fid-batchnorm-{batchnorm}"
+@dataclass(frozen=True)
+class Scoring:
+    """One way to score a trained run: a sampler for a diffusion model, a BatchNorm mode for a GAN."""
+
+    sampler: str | None = None
+    batchnorm: str | None = None
+
+    @property
+    def label(self) -> str:  # the table's "sampler" column
+        if self.sampler:
+            return self.sampler
+        return "direct" if self.batchnorm is None else f"direct, BN {self.batchnorm}"
+
+    def name(self, first: bool) -> str:  # the run folder's files: fid.json for the default scoring
+        if first:
+            return "fid"
+        return f"fid-batchnorm-{self.batchnorm}" if self.batchnorm else f"fid-{self.sampler}"
+
+
+def evaluate(protocol: Protocol, args, run_dir: Path, scoring: Scoring, name: str) -> dict:
     command = [sys.executable, "evaluate_fid.py", "--pipeline", str(run_dir), "--dataset_name", args.dataset_name,
                "--split", "train", "--resolution", str(protocol.resolution), "--num_samples",
-               str(args.num_samples or protocol.num_samples), "--scheduler", protocol.sampler,
-               "--num_inference_steps", str(protocol.sampler_steps), "--seed", str(args.seed),
-               "--save_samples", str(run_dir / f"{name}_samples"), "--output_json", str(run_dir / f"{name}.json"),
+               str(args.num_samples or protocol.num_samples), "--num_inference_steps", str(protocol.sampler_steps),
+               "--seed", str(args.seed), "--save_samples", str(run_dir / f"{name}_samples"),
+               "--output_json", str(run_dir / f"{name}.json"),
                *(["--num_reference", str(protocol.num_reference)] if protocol.num_reference else []),
-               *(["--gan_batchnorm", batchnorm] if batchnorm else []), *protocol.eval_flags,
-               *(RECIPES[recipe][2] if len(RECIPES[recipe]) > 2 else [])]
+               *(["--scheduler", scoring.sampler] if scoring.sampler else []),
+               *(["--gan_batchnorm", scoring.batchnorm] if scoring.batchnorm else []), *protocol.eval_flags]
     _run(command, run_dir / f"{name}.log")
     return json.loads((run_dir / f"{name}.json").read_text())["results"][0]
 
 
-def scorings(run_dir: Path) -> list[str | None]:
-    """The BatchNorm modes to score a GAN with; one plain scoring for anything else."""
+def scorings(recipe: str, protocol: Protocol, run_dir: Path) -> list[Scoring]:
+    """A GAN in both BatchNorm modes; a diffusion model with each of its samplers; anything else once."""
     pipeline_class = json.loads((run_dir / "model_index.json").read_text())["_class_name"]
-    return list(GAN_BATCHNORM_MODES) if "GANPipeline" in str(pipeline_class) else [None]
+    if "GANPipeline" in str(pipeline_class):
+        return [Scoring(batchnorm=mode) for mode in GAN_BATCHNORM_MODES]
+    if not is_diffusion(recipe):
+        return [Scoring()]
+    samplers = RECIPES[recipe][2] if len(RECIPES[recipe]) > 2 else [protocol.sampler]
+    return [Scoring(sampler=sampler) for sampler in samplers]
 
 
 def _run(command: list[str], log: Path) -> None:
@@ -112,13 +136,12 @@ def _run(command: list[str], log: Path) -> None:
         sys.exit(f"failed (exit {done.returncode}); the end of {log}:\n{tail}")
 
 
-def make_row(recipe: str, minutes: float, trained: dict, scored: dict) -> dict:
+def make_row(recipe: str, minutes: float, trained: dict, scored: dict, scoring: Scoring, name: str) -> dict:
     diffusion = scored.get("sampler") is not None
-    direct = "direct" if scored.get("gan_batchnorm") is None else f"direct, BN {scored['gan_batchnorm']}"
     return {"recipe": recipe, "budget_minutes": minutes, "steps": trained["global_step"],
             "images_seen": trained["images_seen"], "images_per_second": trained["images_per_second"],
-            "train_minutes": trained["clock_seconds"] / 60, "sampler": scored.get("sampler") or direct,
-            "nfe": scored["steps"] if diffusion else 1, "fid": scored["fid"], "kid_mean": scored["kid_mean"],
+            "train_minutes": trained["clock_seconds"] / 60, "sampler": scoring.label, "scoring": name,
+            "nfe": scored.get("nfe", scored["steps"]) if diffusion else 1, "fid": scored["fid"], "kid_mean": scored["kid_mean"],
             "kid_std": scored["kid_std"], "num_samples": scored["num_samples"], "reference": scored["reference"]}
 
 
@@ -150,14 +173,16 @@ def plot_samples(rows: list[dict], output_dir: Path, count: int = 36) -> None:
 
     from smallgen.plots import image_grid
 
-    columns = min(len(rows), 4)
-    lines = -(-len(rows) // columns)
+    shown = [r for r in rows if "scoring" in r]  # rows scored by an older version have no samples folder here
+    if not shown:
+        return
+    columns = min(len(shown), 4)
+    lines = -(-len(shown) // columns)
     figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.6 * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
-        scoring = "fid-batchnorm-train" if row["sampler"].endswith("BN train") else "fid"
-        folder = output_dir / f"{row['recipe']}-{row['budget_minutes']:g}min" / f"{scoring}_samples"
+    for ax, row in zip(axes.flat, shown):
+        folder = output_dir / f"{row['recipe']}-{row['budget_minutes']:g}min" / f"{row['scoring']}_samples"
         files = sorted(folder.glob("*.png"))[:count]
         if files:
             images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
@@ -208,11 +233,13 @@ def main(argv=None) -> None:
         else:
             print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
             trained = train(recipe, minutes, protocol, args, run_dir)
-        for batchnorm in scorings(run_dir):
-            if done and (batchnorm is None or f"direct, BN {batchnorm}" in done):
+        for index, scoring in enumerate(scorings(recipe, protocol, run_dir)):
+            if scoring.label in done:
                 continue
-            print(f"{recipe}, {minutes:g} min: scoring {trained['global_step']} steps", flush=True)
-            rows.append(make_row(recipe, minutes, trained, evaluate(recipe, protocol, args, run_dir, batchnorm)))
+            print(f"{recipe}, {minutes:g} min: scoring {trained['global_step']} steps, {scoring.label}", flush=True)
+            name = scoring.name(first=index == 0)
+            scored = evaluate(protocol, args, run_dir, scoring, name)
+            rows.append({**make_row(recipe, minutes, trained, scored, scoring, name), "command": info["command"]})
             write(rows, info, output_dir)
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print(markdown(rows))

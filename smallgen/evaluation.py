@@ -24,7 +24,9 @@ from smallgen.data import decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
 
 # dpmsolver++: DPM-Solver++(2M); edm-*: for EDM pipelines (--model_type edm), diffusers' EDM schedulers
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler", "edm-euler", "edm-dpmsolver")
+# and our EDM Heun (pipelines/pipeline_edm.py: 2 network evaluations a step but the last)
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler", "edm-euler", "edm-dpmsolver",
+                   "edm-heun")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -249,6 +251,10 @@ def make_scheduler(config, sampler: str):
         return EDMEulerScheduler.from_config(config)
     if sampler == "edm-dpmsolver":
         return EDMDPMSolverMultistepScheduler.from_config(config)
+    if sampler == "edm-heun":
+        from pipelines.pipeline_edm import EDMHeunScheduler
+
+        return EDMHeunScheduler.from_config(config)
 
     if sampler == "ddpm":
         return DDPMScheduler.from_config(config)
@@ -260,6 +266,12 @@ def make_scheduler(config, sampler: str):
         return EulerDiscreteScheduler.from_config(config)
     order = 3 if sampler == "dpmsolver++3m" else 2
     return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=order)
+
+
+def network_evaluations(scheduler, steps: int) -> int:
+    """Network calls per image for ``steps`` sampling steps (Heun's corrector calls it twice a step)."""
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
 
 
 def check_sampler_steps(scheduler, steps: int) -> None:
@@ -470,6 +482,7 @@ def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, dev
         "pipeline_class": type(pipeline).__name__ if pipeline is not None else None,
         "sampler": args.scheduler if diffusion else None,
         "steps": steps,
+        "nfe": network_evaluations(make_scheduler(pipeline.scheduler.config, args.scheduler), steps) if diffusion else 1,
         "eta": args.eta if diffusion and args.scheduler == "ddim" else None,
         "gan_batchnorm": args.gan_batchnorm if type(pipeline).__name__ == "GANPipeline" else None,
         **metrics,

@@ -80,6 +80,56 @@ def test_sampling_with_diffusers_edm_euler_is_karras_euler(tiny_unet):
     assert torch.allclose(ours, x, atol=1e-4)
 
 
+def test_edm_heun_is_karras_algorithm_1(tiny_unet):
+    """Our EDMHeunScheduler through the one reverse loop is Heun's method of Karras et al.'s
+    Algorithm 1 (S_churn = 0) written out: 2N - 1 network calls, Euler for the last step to 0."""
+    from pipelines.pipeline_edm import EDMHeunScheduler
+    from smallgen.evaluation import make_scheduler, network_evaluations
+    from smallgen.sampling import reverse_process
+    from smallgen.seeding import image_generators
+
+    scheduler = EDMHeunScheduler.from_config(edm_scheduler().config)
+    calls = []
+
+    def counted(x, t):
+        calls.append(t)
+        return tiny_unet(x, t).sample
+
+    with torch.no_grad():
+        *_, (_, _, last) = reverse_process(tiny_unet, scheduler, 5, image_generators(2, range(3), torch.device("cpu")),
+                                           predict=counted)
+    assert len(calls) == 9 == network_evaluations(make_scheduler(scheduler.config, "edm-heun"), 5)
+    reference = edm_scheduler()
+    reference.set_timesteps(5)
+    sigmas = reference.sigmas
+    x = torch.cat([torch.randn((1, 3, 8, 8), generator=g) for g in image_generators(2, range(3), torch.device("cpu"))])
+    x = x * reference.init_noise_sigma
+    denoiser = EDMPreconditioning(0.5)
+
+    def derivative(sample, sigma):
+        with torch.no_grad():
+            return (sample - denoiser.denoise(lambda s, c: tiny_unet(s, c).sample, sample, sigma.repeat(3))) / sigma
+
+    for i in range(len(sigmas) - 1):
+        d = derivative(x, sigmas[i])
+        euler = x + (sigmas[i + 1] - sigmas[i]) * d
+        if sigmas[i + 1] > 0:
+            euler = x + (sigmas[i + 1] - sigmas[i]) * (d + derivative(euler, sigmas[i + 1])) / 2
+        x = euler
+    assert torch.allclose(last.prev_sample, x, atol=1e-4)
+    euler_result = sample_with(tiny_unet, edm_scheduler(), 5)
+    assert not torch.allclose(last.prev_sample, euler_result, atol=1e-2)  # second order is not Euler
+
+
+def sample_with(unet, scheduler, steps):
+    from smallgen.sampling import reverse_process
+    from smallgen.seeding import image_generators
+
+    with torch.no_grad():
+        *_, (_, _, last) = reverse_process(unet, scheduler, steps, image_generators(2, range(3), torch.device("cpu")))
+    return last.prev_sample
+
+
 def test_edm_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, tmp_path):
     from pipelines.pipeline_edm import EDMPipeline
     from smallgen.sampling import sample_images

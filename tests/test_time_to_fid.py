@@ -34,9 +34,12 @@ def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
     gan = tmp_path / "tiny-dcgan.yaml"
     gan.write_text("model_type: dcgan\nbase_channels: 8\nlatent_dim: 16\ntrain_batch_size: 8\nlogger: none\n"
                    "max_train_samples: 64\nmax_validation_samples: 8\nnum_sample_images: 4\nmax_train_steps: 3\n")
+    edm = tmp_path / "tiny-edm.yaml"
+    edm.write_text(TINY_RECIPE.format(unet=tiny_unet_config).replace("ddpm_num_steps: 50", "model_type: edm"))
     monkeypatch.setitem(time_to_fid.RECIPES, "tiny-ddpm", (str(ddpm), []))
+    monkeypatch.setitem(time_to_fid.RECIPES, "tiny-edm", (str(edm), [], ["edm-dpmsolver", "edm-heun"]))
     monkeypatch.setitem(time_to_fid.RECIPES, "tiny-dcgan", (str(gan), ["--use_ema"]))
-    protocol = time_to_fid.Protocol(plan={0.02: ["tiny-ddpm", "tiny-dcgan"]}, resolution=16,
+    protocol = time_to_fid.Protocol(plan={0.02: ["tiny-ddpm", "tiny-edm", "tiny-dcgan"]}, resolution=16,
                                     num_samples=10, num_reference=10, sampler_steps=2,
                                     eval_flags=["--batch_size", "10", "--cache_dir", str(tmp_path / "cache")])
     monkeypatch.setitem(time_to_fid.PROTOCOLS, "tiny", protocol)
@@ -48,9 +51,11 @@ def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_pa
     table = json.loads((tmp_path / "out" / "time_to_fid.json").read_text())
     rows = table["rows"]
     assert [(r["recipe"], r["sampler"], r["nfe"]) for r in rows] == [
-        ("tiny-ddpm", "ddim", 2), ("tiny-dcgan", "direct, BN eval", 1), ("tiny-dcgan", "direct, BN train", 1)]
+        ("tiny-ddpm", "ddim", 2), ("tiny-edm", "edm-dpmsolver", 2), ("tiny-edm", "edm-heun", 3),
+        ("tiny-dcgan", "direct, BN eval", 1), ("tiny-dcgan", "direct, BN train", 1)]
     assert table["protocol"] == "tiny"
-    scores = {"ddim": "fid.json", "direct, BN eval": "fid.json", "direct, BN train": "fid-batchnorm-train.json"}
+    scores = {"ddim": "fid.json", "edm-dpmsolver": "fid.json", "edm-heun": "fid-edm-heun.json",
+              "direct, BN eval": "fid.json", "direct, BN train": "fid-batchnorm-train.json"}
     for row in rows:
         run_dir = tmp_path / "out" / f"{row['recipe']}-0.02min"
         trained = json.loads((run_dir / "results.json").read_text())
@@ -58,10 +63,11 @@ def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_pa
         assert trained["max_train_minutes"] == 0.02 and row["steps"] == trained["global_step"] >= 1
         assert row["fid"] == scored["fid"] > 0 and row["num_samples"] == 10
         assert row["images_seen"] == trained["images_seen"]
-    assert rows[1]["fid"] != rows[2]["fid"]  # batch statistics give other images
+    assert rows[1]["fid"] != rows[2]["fid"]  # the same EDM model, another sampler
+    assert rows[3]["fid"] != rows[4]["fid"]  # batch statistics give other images
     assert rows[0]["steps"] <= 4  # the recipe's max_train_steps caps the budget
     markdown = (tmp_path / "out" / "time_to_fid.md").read_text().splitlines()
-    assert len(markdown) == 5 and markdown[2].startswith("| tiny-ddpm | 0.02 min")
+    assert len(markdown) == 7 and markdown[2].startswith("| tiny-ddpm | 0.02 min")
     assert (tmp_path / "out" / "time_to_fid.png").stat().st_size > 1000  # the samples of every row
     capsys.readouterr()
     time_to_fid.main(tiny_protocol)  # a rerun skips the rows it has
