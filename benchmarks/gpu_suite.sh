@@ -12,7 +12,9 @@
 # and the stage step refuses to go on if the machine was lost):
 #   bash benchmarks/gpu_suite.sh stage           (carry .stage/train.part00; then again with part01, 02 ...)
 #   bash benchmarks/gpu_suite.sh throughput      (~3 min: our loop vs diffusers' step, fp32 and bf16+compile)
-#   bash benchmarks/gpu_suite.sh quickstart      (~9 min each: 6 min of training + 10,000 samples + FID)
+#   bash benchmarks/gpu_suite.sh quickstart      (~9 min each: 6 min of training + 10,000 samples + FID;
+#                                                 the EDM quick start is scored twice: DPM-Solver and Euler)
+#   bash benchmarks/gpu_suite.sh quickstart-ddpm
 #   bash benchmarks/gpu_suite.sh diffusers-example
 #   bash benchmarks/gpu_suite.sh vae
 #   bash benchmarks/gpu_suite.sh dcgan

@@ -57,25 +57,39 @@ def test_the_loss_draws_noise_then_levels_and_weights_by_the_level():
     assert torch.allclose(per_image, weight * images.pow(2).mean(dim=(1, 2, 3)), rtol=1e-5)
 
 
-def test_sampling_with_diffusers_edm_euler_is_karras_euler(tiny_unet):
+def sample_with(unet, scheduler, steps, predict=None) -> torch.Tensor:
+    """x_0 from our reverse loop, images 0-2 of seed 2."""
     from smallgen.sampling import reverse_process
     from smallgen.seeding import image_generators
 
-    scheduler = edm_scheduler()
     with torch.no_grad():
-        *_, (_, _, last) = reverse_process(tiny_unet, scheduler, 6, image_generators(2, range(3), torch.device("cpu")))
-    ours = last.prev_sample
-    # Algorithm 1 of Karras et al. with Euler steps, written out with our denoiser.
+        *_, (_, _, last) = reverse_process(unet, scheduler, steps, image_generators(2, range(3), torch.device("cpu")),
+                                           predict=predict)
+    return last.prev_sample
+
+
+def karras_start(unet, steps):
+    """Karras et al.'s levels for ``steps``, the same starting noise as ``sample_with``, and the ODE's
+    derivative (x - D(x; sigma)) / sigma with our denoiser."""
+    from smallgen.seeding import image_generators
+
     reference = edm_scheduler()
-    reference.set_timesteps(6)
-    sigmas = reference.sigmas
+    reference.set_timesteps(steps)
     x = torch.cat([torch.randn((1, 3, 8, 8), generator=g) for g in image_generators(2, range(3), torch.device("cpu"))])
-    x = x * reference.init_noise_sigma
     denoiser = EDMPreconditioning(0.5)
-    for i in range(len(sigmas) - 1):
+
+    def derivative(sample, sigma):
         with torch.no_grad():
-            d = denoiser.denoise(lambda s, c: tiny_unet(s, c).sample, x, sigmas[i].repeat(3))
-        x = x + (sigmas[i + 1] - sigmas[i]) * (x - d) / sigmas[i]
+            return (sample - denoiser.denoise(lambda s, c: unet(s, c).sample, sample, sigma.repeat(3))) / sigma
+
+    return reference.sigmas, x * reference.init_noise_sigma, derivative
+
+
+def test_sampling_with_diffusers_edm_euler_is_karras_euler(tiny_unet):
+    ours = sample_with(tiny_unet, edm_scheduler(), 6)
+    sigmas, x, derivative = karras_start(tiny_unet, 6)  # Algorithm 1 of Karras et al. with Euler steps
+    for i in range(len(sigmas) - 1):
+        x = x + (sigmas[i + 1] - sigmas[i]) * derivative(x, sigmas[i])
     assert sigmas[0] == 80.0 and sigmas[-1] == 0
     assert torch.allclose(ours, x, atol=1e-4)
 
@@ -85,49 +99,24 @@ def test_edm_heun_is_karras_algorithm_1(tiny_unet):
     Algorithm 1 (S_churn = 0) written out: 2N - 1 network calls, Euler for the last step to 0."""
     from pipelines.pipeline_edm import EDMHeunScheduler
     from smallgen.evaluation import make_scheduler, network_evaluations
-    from smallgen.sampling import reverse_process
-    from smallgen.seeding import image_generators
 
-    scheduler = EDMHeunScheduler.from_config(edm_scheduler().config)
     calls = []
 
     def counted(x, t):
         calls.append(t)
         return tiny_unet(x, t).sample
 
-    with torch.no_grad():
-        *_, (_, _, last) = reverse_process(tiny_unet, scheduler, 5, image_generators(2, range(3), torch.device("cpu")),
-                                           predict=counted)
-    assert len(calls) == 9 == network_evaluations(make_scheduler(scheduler.config, "edm-heun"), 5)
-    reference = edm_scheduler()
-    reference.set_timesteps(5)
-    sigmas = reference.sigmas
-    x = torch.cat([torch.randn((1, 3, 8, 8), generator=g) for g in image_generators(2, range(3), torch.device("cpu"))])
-    x = x * reference.init_noise_sigma
-    denoiser = EDMPreconditioning(0.5)
-
-    def derivative(sample, sigma):
-        with torch.no_grad():
-            return (sample - denoiser.denoise(lambda s, c: tiny_unet(s, c).sample, sample, sigma.repeat(3))) / sigma
-
+    ours = sample_with(tiny_unet, EDMHeunScheduler.from_config(edm_scheduler().config), 5, predict=counted)
+    assert len(calls) == 9 == network_evaluations(make_scheduler(edm_scheduler().config, "edm-heun"), 5)
+    sigmas, x, derivative = karras_start(tiny_unet, 5)
     for i in range(len(sigmas) - 1):
         d = derivative(x, sigmas[i])
-        euler = x + (sigmas[i + 1] - sigmas[i]) * d
+        step = x + (sigmas[i + 1] - sigmas[i]) * d
         if sigmas[i + 1] > 0:
-            euler = x + (sigmas[i + 1] - sigmas[i]) * (d + derivative(euler, sigmas[i + 1])) / 2
-        x = euler
-    assert torch.allclose(last.prev_sample, x, atol=1e-4)
-    euler_result = sample_with(tiny_unet, edm_scheduler(), 5)
-    assert not torch.allclose(last.prev_sample, euler_result, atol=1e-2)  # second order is not Euler
-
-
-def sample_with(unet, scheduler, steps):
-    from smallgen.sampling import reverse_process
-    from smallgen.seeding import image_generators
-
-    with torch.no_grad():
-        *_, (_, _, last) = reverse_process(unet, scheduler, steps, image_generators(2, range(3), torch.device("cpu")))
-    return last.prev_sample
+            step = x + (sigmas[i + 1] - sigmas[i]) * (d + derivative(step, sigmas[i + 1])) / 2
+        x = step
+    assert torch.allclose(ours, x, atol=1e-4)
+    assert not torch.allclose(ours, sample_with(tiny_unet, edm_scheduler(), 5), atol=1e-2)  # second order, not Euler
 
 
 def test_edm_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, tmp_path):
