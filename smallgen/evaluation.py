@@ -513,7 +513,7 @@ def _fields(args) -> dict:
 
 # ----------------------------------------------------------------------------- output
 
-TABLE_COLUMNS = [("model", "model"), ("sampler", "sampler"), ("steps", "steps"), ("eta", "eta"),
+TABLE_COLUMNS = [("model", "model"), ("sampler", "sampler"), ("steps", "steps"), ("nfe", "NFE"), ("eta", "eta"),
                  ("guidance_scale", "guidance"),
                  ("num_samples", "samples"), ("num_reference", "reference"), ("fid", "FID"),
                  ("kid_mean", "KID ×10³"), ("images_per_second", "gen img/s"), ("device", "device")]
