@@ -137,11 +137,10 @@ def _run(command: list[str], log: Path) -> None:
 
 
 def make_row(recipe: str, minutes: float, trained: dict, scored: dict, scoring: Scoring, name: str) -> dict:
-    diffusion = scored.get("sampler") is not None
     return {"recipe": recipe, "budget_minutes": minutes, "steps": trained["global_step"],
             "images_seen": trained["images_seen"], "images_per_second": trained["images_per_second"],
             "train_minutes": trained["clock_seconds"] / 60, "sampler": scoring.label, "scoring": name,
-            "nfe": scored.get("nfe", scored["steps"]) if diffusion else 1, "fid": scored["fid"], "kid_mean": scored["kid_mean"],
+            "nfe": scored["nfe"], "fid": scored["fid"], "kid_mean": scored["kid_mean"],
             "kid_std": scored["kid_std"], "num_samples": scored["num_samples"], "reference": scored["reference"]}
 
 
