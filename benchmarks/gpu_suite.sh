@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU protocol of issue #14 on one H100, in calls of at most 10 minutes (about 45 in all).
+# The whole GPU protocol of issue #14 on one H100, in calls of at most 10 minutes (about 55 in all: docs/benchmarks.md, GPU protocol).
 # Not run yet: no GPU was lent to the session that wrote it (docs/benchmarks.md says so).
 #
 # Locally, once (../shared/docs/gpu.md): stage what the machine lacks, in parts of at most 50 MB:
