@@ -115,6 +115,10 @@ class ModelArguments:
     snr_gamma: float | None = field(
         default=None, metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023); 5.0 is typical."}
     )
+    edm_p_mean: float = field(
+        default=-1.2, metadata={"help": "edm: mean of ln(sigma) at training (Karras et al.'s -1.2; lower: lower noise)."}
+    )
+    edm_p_std: float = field(default=1.2, metadata={"help": "edm: standard deviation of ln(sigma) at training."})
     ddpm_num_inference_steps: int = field(default=1000, metadata={"help": "DDPM steps for sample grids."})
     ddim_num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for sample grids."})
     ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta for sample grids (0 = deterministic)."})
@@ -149,6 +153,10 @@ class ModelArguments:
             raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {self.beta_start}, {self.beta_end}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"--snr_gamma must be positive; got {self.snr_gamma}")
+        if self.edm_p_std <= 0:
+            raise ConfigError(f"--edm_p_std must be positive; got {self.edm_p_std}")
+        if self.model_type != "edm" and (self.edm_p_mean, self.edm_p_std) != (-1.2, 1.2):
+            raise ConfigError("--edm_p_mean and --edm_p_std apply to --model_type edm")
         if self.model_type not in ("ddpm", "edm") and self.model_config_name_or_path is not None:
             raise ConfigError("--model_config_name_or_path names a UNet config (ddpm and edm); size baselines with "
                               "--latent_dim and --base_channels")
@@ -330,7 +338,8 @@ HELP_GROUPS = {  # --help shows the flags in these groups, in this order
     "data": [f.name for f in dataclasses.fields(DataArguments)],
     "model": ["model_type", "model_config_name_or_path", "class_conditional", "condition_dropout", "latent_dim",
               "base_channels", "kl_weight", "adversarial_weight"],
-    "diffusion": ["ddpm_num_steps", "ddpm_beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma"],
+    "diffusion": ["ddpm_num_steps", "ddpm_beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma",
+                  "edm_p_mean", "edm_p_std"],
     "optimisation": ["seed", "train_batch_size", "num_epochs", "max_train_steps", "max_train_minutes",
                      "gradient_accumulation_steps",
                      "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",

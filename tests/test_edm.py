@@ -167,3 +167,17 @@ def test_edm_refuses_ddpm_only_flags(sprites_dir, tiny_unet_config, tmp_path):
         with pytest.raises(ConfigError, match=message):
             run_training(tiny_args(sprites_dir, tiny_unet_config, tmp_path / "x", model_type="edm", **flags))
     assert not (tmp_path / "x").exists()
+
+
+def test_edm_noise_level_flags_reach_the_loss_and_only_edm_takes_them(sprites_dir, tiny_unet_config, tmp_path):
+    from smallgen.config import ModelArguments, parse_args
+    from smallgen.objectives.edm import EDMObjective
+
+    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "x", model_type="edm", edm_p_mean=-1.6, edm_p_std=0.9)
+    data_args, model_args, train_args = parse_args([str(a) for a in argv])
+    loss = EDMObjective(data_args, model_args, train_args).loss
+    assert (loss.p_mean, loss.p_std) == (-1.6, 0.9)
+    with pytest.raises(ConfigError, match="edm_p_mean"):
+        ModelArguments(model_type="ddpm", edm_p_mean=-1.6)
+    with pytest.raises(ConfigError, match="edm_p_std"):
+        ModelArguments(model_type="edm", edm_p_std=0.0)

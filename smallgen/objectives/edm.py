@@ -24,7 +24,7 @@ class EDMObjective(DiffusionObjective):
         from models.edm import SIGMA_DATA, EDMLoss, EDMPreconditioning
 
         self.preconditioning = EDMPreconditioning(SIGMA_DATA)
-        self.loss = EDMLoss(sigma_data=SIGMA_DATA)
+        self.loss = EDMLoss(p_mean=model_args.edm_p_mean, p_std=model_args.edm_p_std, sigma_data=SIGMA_DATA)
 
     def check_arguments(self) -> None:
         super().check_arguments()
