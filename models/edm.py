@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 SIGMA_DATA = 0.5  # the paper's value for images in [-1, 1]
+P_MEAN, P_STD = -1.2, 1.2  # the paper's log-normal of training noise levels (CIFAR-10)
 
 
 def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ class EDMPreconditioning:
 class EDMLoss:
     """lambda(sigma) * mean squared error of D(x + sigma n; sigma) against x, per image."""
 
-    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = SIGMA_DATA):
+    def __init__(self, p_mean: float = P_MEAN, p_std: float = P_STD, sigma_data: float = SIGMA_DATA):
         self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
 
     def to(self, device) -> EDMLoss:

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from models.edm import P_MEAN, P_STD
 from models.schedulers import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
 from smallgen.errors import ConfigError, DataError
 from smallgen.objectives import MODEL_TYPES
@@ -116,9 +117,9 @@ class ModelArguments:
         default=None, metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023); 5.0 is typical."}
     )
     edm_p_mean: float = field(
-        default=-1.2, metadata={"help": "edm: mean of ln(sigma) at training (Karras et al.'s -1.2; lower: lower noise)."}
+        default=P_MEAN, metadata={"help": "edm: mean of ln(sigma) at training (Karras et al.'s -1.2; lower: lower noise)."}
     )
-    edm_p_std: float = field(default=1.2, metadata={"help": "edm: standard deviation of ln(sigma) at training."})
+    edm_p_std: float = field(default=P_STD, metadata={"help": "edm: standard deviation of ln(sigma) at training."})
     ddpm_num_inference_steps: int = field(default=1000, metadata={"help": "DDPM steps for sample grids."})
     ddim_num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for sample grids."})
     ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta for sample grids (0 = deterministic)."})
@@ -155,7 +156,7 @@ class ModelArguments:
             raise ConfigError(f"--snr_gamma must be positive; got {self.snr_gamma}")
         if self.edm_p_std <= 0:
             raise ConfigError(f"--edm_p_std must be positive; got {self.edm_p_std}")
-        if self.model_type != "edm" and (self.edm_p_mean, self.edm_p_std) != (-1.2, 1.2):
+        if self.model_type != "edm" and (self.edm_p_mean, self.edm_p_std) != (P_MEAN, P_STD):
             raise ConfigError("--edm_p_mean and --edm_p_std apply to --model_type edm")
         if self.model_type not in ("ddpm", "edm") and self.model_config_name_or_path is not None:
             raise ConfigError("--model_config_name_or_path names a UNet config (ddpm and edm); size baselines with "
