@@ -11,79 +11,44 @@ import argparse
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from models.edm import P_MEAN, P_STD
-from models.schedulers import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
+from smallgen.arguments import check_choices, flag
 from smallgen.errors import ConfigError, DataError
-from smallgen.objectives import MODEL_TYPES
+from smallgen.objectives import MODEL_TYPES, argument_parts, check_model_arguments
 
-BETA_SCHEDULE_CHOICES = BETA_SCHEDULES  # the math defines what exists
-PREDICTION_TYPE_CHOICES = PREDICTION_TYPES
-VARIANCE_TYPE_CHOICES = VARIANCE_TYPES
 LR_SCHEDULER_CHOICES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # resize filters (PIL)
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 LOGGER_CHOICES = ("tensorboard", "wandb", "none")
-BASELINE_LATENT_DIMS = {"vae": 128, "dcgan": 100, "vaegan": 256}  # seeds 002/003
-
-
-def _choice(help_text: str, choices, default):
-    return field(default=default, metadata={"help": help_text, "choices": list(choices)})
-
-
-def _check_choice(flag: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"--{flag} must be one of {', '.join(map(str, choices))}; got {value!r}")
+# --help shows the flags in groups (each field names its own): these, with each model type's own after "model"
+GENERAL_HELP_GROUPS = ("data", "model", "optimisation", "checkpoints and logging", "sampling (grids)", "Hub", "speed")
 
 
 @dataclass
 class DataArguments:
     """Where the images come from and how they are prepared (flag names as in diffusers' example)."""
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "Hub dataset id (uoft-cs/cifar10), or a local dataset folder or file."},
-    )
-    dataset_config_name: str | None = field(
-        default=None, metadata={"help": "The dataset's configuration name, if it has several."}
-    )
-    train_data_dir: str | None = field(
-        default=None,
-        metadata={"help": "A folder of images (imagefolder layout) or of the Sprites .npy files."},
-    )
-    image_column: str | None = field(
-        default=None, metadata={"help": "Column holding the images; detected when unset."}
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where downloaded and prepared datasets are cached."}
-    )
-    resolution: int = field(default=32, metadata={"help": "Images are made resolution x resolution."})
-    center_crop: bool = field(
-        default=False,
-        metadata={"help": "Center-crop after resizing; otherwise a random crop, as diffusers' example."},
-    )
-    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips in training."})
-    interpolation: str = field(
-        default="bilinear",
-        metadata={"help": "Resize filter when a resize is needed; 'nearest' suits pixel art.",
-                  "choices": INTERPOLATIONS},
-    )
-    validation_fraction: float = field(
-        default=0.05,
-        metadata={"help": "Held-out fraction when the dataset has no validation/test split."},
-    )
-    split_seed: int = field(default=0, metadata={"help": "Seed of the held-out validation split."})
-    label_column: str | None = field(
-        default=None, metadata={"help": "Column of class labels (or context vectors) for --class_conditional; "
-                                        "unset: a ClassLabel column or 'label'."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training images (quick runs)."}
-    )
-    max_validation_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation images."}
-    )
+    dataset_name: str | None = flag(None, "Hub dataset id (uoft-cs/cifar10), or a local dataset folder or file.",
+                                    group="data")
+    dataset_config_name: str | None = flag(None, "The dataset's configuration name, if it has several.", group="data")
+    train_data_dir: str | None = flag(None, "A folder of images (imagefolder layout) or of the Sprites .npy files.",
+                                      group="data")
+    image_column: str | None = flag(None, "Column holding the images; detected when unset.", group="data")
+    cache_dir: str | None = flag(None, "Where downloaded and prepared datasets are cached.", group="data")
+    resolution: int = flag(32, "Images are made resolution x resolution.", group="data")
+    center_crop: bool = flag(False, "Center-crop after resizing; otherwise a random crop, as diffusers' example.",
+                             group="data")
+    random_flip: bool = flag(False, "Random horizontal flips in training.", group="data")
+    interpolation: str = flag("bilinear", "Resize filter when a resize is needed; 'nearest' suits pixel art.",
+                              group="data", choices=INTERPOLATIONS)
+    validation_fraction: float = flag(0.05, "Held-out fraction when the dataset has no validation/test split.",
+                                      group="data")
+    split_seed: int = flag(0, "Seed of the held-out validation split.", group="data")
+    label_column: str | None = flag(None, "Column of class labels (or context vectors) for --class_conditional; "
+                                          "unset: a ClassLabel column or 'label'.", group="data")
+    max_train_samples: int | None = flag(None, "Keep only the first N training images (quick runs).", group="data")
+    max_validation_samples: int | None = flag(None, "Keep only the first N validation images.", group="data")
 
     def __post_init__(self):
         if self.resolution < 1:
@@ -97,157 +62,87 @@ class DataArguments:
 
 
 @dataclass
-class ModelArguments:
-    """What to train: a diffusion UNet and its noise process, or a baseline (VAE, DCGAN, VAE-GAN)."""
+class ModelTypeArguments:
+    model_type: str = flag("ddpm", "What to train: a diffusion model or a baseline.", group="model",
+                           choices=MODEL_TYPES)
 
-    model_type: str = _choice("What to train: a diffusion model or a baseline.", MODEL_TYPES, "ddpm")
-    model_config_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "UNet config: a JSON file, a name in configs/models/, or a pipeline folder "
-                          "Unset: unet-sprites16 at <= 16 px, else unet-small-cifar10."},
-    )
-    ddpm_num_steps: int = field(default=1000, metadata={"help": "Training timesteps T."})
-    ddpm_beta_schedule: str = _choice("Noise schedule (cosine = squaredcos_cap_v2).", BETA_SCHEDULE_CHOICES, "linear")
-    beta_start: float = field(default=1e-4, metadata={"help": "First beta (linear/scaled_linear/sigmoid)."})
-    beta_end: float = field(default=0.02, metadata={"help": "Last beta (linear/scaled_linear/sigmoid)."})
-    prediction_type: str = _choice("What the network predicts.", PREDICTION_TYPE_CHOICES, "epsilon")
-    variance_type: str = _choice("DDPM sampling variance (fixed_large: the DDPM paper's CIFAR-10).",
-                                 VARIANCE_TYPE_CHOICES, "fixed_small")
-    snr_gamma: float | None = field(
-        default=None, metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023); 5.0 is typical."}
-    )
-    edm_p_mean: float = field(
-        default=P_MEAN, metadata={"help": "edm: mean of ln(sigma) at training (Karras et al.'s -1.2; lower: lower noise)."}
-    )
-    edm_p_std: float = field(default=P_STD, metadata={"help": "edm: standard deviation of ln(sigma) at training."})
-    ddpm_num_inference_steps: int = field(default=1000, metadata={"help": "DDPM steps for sample grids."})
-    ddim_num_inference_steps: int = field(default=50, metadata={"help": "DDIM steps for sample grids."})
-    ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta for sample grids (0 = deterministic)."})
-    latent_dim: int | None = field(
-        default=None, metadata={"help": "Baselines' latent size; unset: vae 128, dcgan 100, vaegan 256."}
-    )
-    base_channels: int = field(default=64, metadata={"help": "Baselines' first conv width (doubles per level)."})
-    kl_weight: float = field(default=1.0, metadata={"help": "VAE / VAE-GAN weight of the KL term."})
-    adversarial_weight: float = field(default=0.1, metadata={"help": "VAE-GAN weight of the adversarial term."})
-    class_conditional: bool = field(
-        default=False, metadata={"help": "ddpm: condition the UNet on --label_column (classifier-free guidance)."}
-    )
-    condition_dropout: float = field(
-        default=0.1, metadata={"help": "Probability of training a step's image without its label (Ho & Salimans)."}
-    )
-    guidance_scale: float = field(
-        default=2.0, metadata={"help": "Guidance for the sample grids and the pipeline's default (1: conditional)."}
-    )
+
+@dataclass
+class ModelArguments(*argument_parts(), ModelTypeArguments):
+    """What to train: --model_type and the flags of every model type (each declared, with its checks, in
+    its module in smallgen/objectives/); a flag of another model type must stay at its default."""
 
     def __post_init__(self):
-        _check_choice("model_type", self.model_type, MODEL_TYPES)
-        _check_choice("ddpm_beta_schedule", self.ddpm_beta_schedule, BETA_SCHEDULE_CHOICES)
-        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPE_CHOICES)
-        _check_choice("variance_type", self.variance_type, VARIANCE_TYPE_CHOICES)
-        if self.ddpm_num_steps < 2:
-            raise ConfigError(f"--ddpm_num_steps must be at least 2; got {self.ddpm_num_steps}")
-        for flag in ("ddpm_num_inference_steps", "ddim_num_inference_steps"):
-            steps = getattr(self, flag)
-            if not 1 <= steps <= self.ddpm_num_steps:
-                raise ConfigError(f"--{flag} must be between 1 and --ddpm_num_steps={self.ddpm_num_steps}; got {steps}")
-        if not 0 < self.beta_start < self.beta_end < 1:
-            raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {self.beta_start}, {self.beta_end}")
-        if self.snr_gamma is not None and self.snr_gamma <= 0:
-            raise ConfigError(f"--snr_gamma must be positive; got {self.snr_gamma}")
-        if self.edm_p_std <= 0:
-            raise ConfigError(f"--edm_p_std must be positive; got {self.edm_p_std}")
-        if self.model_type != "edm" and (self.edm_p_mean, self.edm_p_std) != (P_MEAN, P_STD):
-            raise ConfigError("--edm_p_mean and --edm_p_std apply to --model_type edm")
-        if self.model_type not in ("ddpm", "edm") and self.model_config_name_or_path is not None:
-            raise ConfigError("--model_config_name_or_path names a UNet config (ddpm and edm); size baselines with "
-                              "--latent_dim and --base_channels")
-        if self.latent_dim is None and self.model_type in BASELINE_LATENT_DIMS:
-            self.latent_dim = BASELINE_LATENT_DIMS[self.model_type]
-        if (self.latent_dim is not None and self.latent_dim < 1) or self.base_channels < 1:
-            raise ConfigError("--latent_dim and --base_channels must be positive")
-        if self.kl_weight < 0 or self.adversarial_weight < 0:
-            raise ConfigError("--kl_weight and --adversarial_weight must be non-negative")
-        if self.class_conditional and self.model_type != "ddpm":
-            raise ConfigError("--class_conditional applies to --model_type ddpm")
-        if not 0 <= self.condition_dropout < 1:
-            raise ConfigError(f"--condition_dropout must be in [0, 1); got {self.condition_dropout}")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"--guidance_scale must be non-negative; got {self.guidance_scale}")
-
-    @property
-    def diffusers_beta_schedule(self) -> str:
-        return "squaredcos_cap_v2" if self.ddpm_beta_schedule == "cosine" else self.ddpm_beta_schedule
+        check_choices(self)
+        check_model_arguments(self)
 
 
 @dataclass
 class TrainArguments:
     """The optimisation, checkpoints, logging, export and speed."""
 
-    output_dir: str = field(default="ddpm-model", metadata={"help": "Run folder; becomes the pipeline folder."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Reuse an existing --output_dir."})
-    seed: int = field(default=0, metadata={"help": "Seed for weights, data order, noise and samples."})
-    train_batch_size: int = field(default=16, metadata={"help": "Images per process per micro-batch."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Batch size for validation and sampling."})
-    num_epochs: int = field(default=100, metadata={"help": "Passes over the training set (unless --max_train_steps)."})
-    max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides --num_epochs."})
-    max_train_minutes: float | None = field(default=None, metadata={
-        "help": "Time budget: a short timed warm-up fixes the step count (logged, kept by resumes) to fill it; "
-                "overrides --num_epochs, capped by --max_train_steps. Setup, checkpoints, validation and grids "
-                "are off the clock."})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches per optimizer step (ddpm); the lr schedule counts optimizer steps."}
-    )
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (after warm-up)."})
-    lr_scheduler: str = _choice("Learning-rate schedule (diffusers' get_scheduler).", LR_SCHEDULER_CHOICES, "cosine")
-    lr_warmup_steps: int = field(default=500, metadata={"help": "Warm-up, in optimizer steps."})
-    adam_beta1: float = field(default=0.95, metadata={"help": "Adam(W) beta1."})
-    adam_beta2: float = field(default=0.999, metadata={"help": "Adam(W) beta2."})
-    adam_weight_decay: float = field(default=1e-6, metadata={"help": "Weight decay (decoupled for ddpm's AdamW)."})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam(W) epsilon."})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; 0 or none disables."})
-    use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the weights; export and sample it."})
-    ema_max_decay: float = field(default=0.9999, metadata={"help": "Largest EMA decay (the warm-up grows towards it)."})
-    ema_inv_gamma: float = field(default=1.0, metadata={"help": "EMA warm-up inverse gamma."})
-    ema_power: float = field(default=0.75, metadata={"help": "EMA warm-up power (3/4: long runs; 2/3: short ones)."})
-    ema_warmup: bool = field(default=True, metadata={"help": "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power)."})
-    mixed_precision: str = _choice("Autocast precision.", MIXED_PRECISION_CHOICES, "no")
-    checkpointing_steps: int | None = field(default=500, metadata={"help": "Save a resumable state every N steps."})
-    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
-    logger: str = _choice("Where to log.", LOGGER_CHOICES, "tensorboard")
-    logging_dir: str = field(default="logs", metadata={"help": "Under --output_dir."})
-    logging_steps: int = field(default=50, metadata={"help": "Log (and check the loss is finite) every N steps."})
-    save_images_epochs: int = field(default=10, metadata={"help": "Sample grids every N epochs (and at the end)."})
-    num_sample_images: int = field(default=16, metadata={"help": "Images per sample grid."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the pipeline folder (no checkpoints or logs)."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id; unset: the output folder's name."})
-    hub_token: str | None = field(default=None, metadata={"help": "Token; unset: HF_TOKEN or the cached login. Never saved."})
-    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
-    allow_tf32: bool = field(default=False, metadata={"help": "TF32 matmuls on Ampere+ GPUs."})
-    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format."})
-    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the network."})
-    dataset_on_device: str = _choice(
-        "Hold the whole uint8 dataset as one tensor on the device (auto: when it fits).", ("auto", "yes", "no"), "auto"
-    )
-    max_dataset_bytes: int = field(default=4 << 30, metadata={"help": "Size limit for --dataset_on_device auto."})
-    cpu_threads: int | None = field(default=None, metadata={
-        "help": "Threads per process when training on the CPU (default: the cores this process may use, shared "
-                "among the processes; accelerate launch alone would leave 1)."})
+    output_dir: str = flag("ddpm-model", "Run folder; becomes the pipeline folder.", group="checkpoints and logging")
+    overwrite_output_dir: bool = flag(False, "Reuse an existing --output_dir.", group="checkpoints and logging")
+    seed: int = flag(0, "Seed for weights, data order, noise and samples.", group="optimisation")
+    train_batch_size: int = flag(16, "Images per process per micro-batch.", group="optimisation")
+    eval_batch_size: int = flag(16, "Batch size for validation and sampling.", group="sampling (grids)")
+    num_epochs: int = flag(100, "Passes over the training set (unless --max_train_steps).", group="optimisation")
+    max_train_steps: int | None = flag(None, "Optimizer steps; overrides --num_epochs.", group="optimisation")
+    max_train_minutes: float | None = flag(
+        None, "Time budget: a short timed warm-up fixes the step count (logged, kept by resumes) to fill it; "
+              "overrides --num_epochs, capped by --max_train_steps. Setup, checkpoints, validation and grids "
+              "are off the clock.", group="optimisation")
+    gradient_accumulation_steps: int = flag(
+        1, "Micro-batches per optimizer step (UNet model types); the lr schedule counts optimizer steps.",
+        group="optimisation")
+    learning_rate: float = flag(1e-4, "Peak learning rate (after warm-up).", group="optimisation")
+    lr_scheduler: str = flag("cosine", "Learning-rate schedule (diffusers' get_scheduler).", group="optimisation",
+                             choices=LR_SCHEDULER_CHOICES)
+    lr_warmup_steps: int = flag(500, "Warm-up, in optimizer steps.", group="optimisation")
+    adam_beta1: float = flag(0.95, "Adam(W) beta1.", group="optimisation")
+    adam_beta2: float = flag(0.999, "Adam(W) beta2.", group="optimisation")
+    adam_weight_decay: float = flag(1e-6, "Weight decay (decoupled for the UNets' AdamW).", group="optimisation")
+    adam_epsilon: float = flag(1e-8, "Adam(W) epsilon.", group="optimisation")
+    max_grad_norm: float | None = flag(1.0, "Gradient clipping; 0 or none disables.", group="optimisation")
+    use_ema: bool = flag(False, "Keep an EMA of the weights; export and sample it.", group="optimisation")
+    ema_max_decay: float = flag(0.9999, "Largest EMA decay (the warm-up grows towards it).", group="optimisation")
+    ema_inv_gamma: float = flag(1.0, "EMA warm-up inverse gamma.", group="optimisation")
+    ema_power: float = flag(0.75, "EMA warm-up power (3/4: long runs; 2/3: short ones).", group="optimisation")
+    ema_warmup: bool = flag(True, "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power).", group="optimisation")
+    mixed_precision: str = flag("no", "Autocast precision.", group="speed", choices=MIXED_PRECISION_CHOICES)
+    checkpointing_steps: int | None = flag(500, "Save a resumable state every N steps.", group="checkpoints and logging")
+    checkpoints_total_limit: int | None = flag(None, "Keep at most N checkpoints.", group="checkpoints and logging")
+    resume_from_checkpoint: str | None = flag(None, "A checkpoint folder or 'latest'.", group="checkpoints and logging")
+    logger: str = flag("tensorboard", "Where to log.", group="checkpoints and logging", choices=LOGGER_CHOICES)
+    logging_dir: str = flag("logs", "Under --output_dir.", group="checkpoints and logging")
+    logging_steps: int = flag(50, "Log (and check the loss is finite) every N steps.", group="checkpoints and logging")
+    save_images_epochs: int = flag(10, "Sample grids every N epochs (and at the end).", group="sampling (grids)")
+    num_sample_images: int = flag(16, "Images per sample grid.", group="sampling (grids)")
+    push_to_hub: bool = flag(False, "Upload the pipeline folder (no checkpoints or logs).", group="Hub")
+    hub_model_id: str | None = flag(None, "Repo id; unset: the output folder's name.", group="Hub")
+    hub_token: str | None = flag(None, "Token; unset: HF_TOKEN or the cached login. Never saved.", group="Hub")
+    hub_private_repo: bool = flag(False, "Create the Hub repository as private.", group="Hub")
+    allow_tf32: bool = flag(False, "TF32 matmuls on Ampere+ GPUs.", group="speed")
+    channels_last: bool = flag(False, "channels_last memory format.", group="speed")
+    torch_compile: bool = flag(False, "torch.compile the network.", group="speed")
+    dataset_on_device: str = flag("auto", "Hold the whole uint8 dataset as one tensor on the device (auto: when it "
+                                          "fits).", group="speed", choices=("auto", "yes", "no"))
+    max_dataset_bytes: int = flag(4 << 30, "Size limit for --dataset_on_device auto.", group="speed")
+    cpu_threads: int | None = flag(
+        None, "Threads per process when training on the CPU (default: the cores this process may use, shared "
+              "among the processes; accelerate launch alone would leave 1).", group="speed")
 
     def __post_init__(self):
-        _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULER_CHOICES)
-        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_CHOICES)
-        _check_choice("logger", self.logger, LOGGER_CHOICES)
-        _check_choice("dataset_on_device", self.dataset_on_device, ("auto", "yes", "no"))
+        check_choices(self)
         positive = ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps",
                     "logging_steps", "save_images_epochs", "num_sample_images")
-        for flag in positive:
-            if getattr(self, flag) < 1:
-                raise ConfigError(f"--{flag} must be at least 1; got {getattr(self, flag)}")
-        for flag in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "cpu_threads"):
-            value = getattr(self, flag)
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "cpu_threads"):
+            value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{flag} must be at least 1 (or left unset); got {value}")
+                raise ConfigError(f"--{name} must be at least 1 (or left unset); got {value}")
         if self.max_train_minutes is not None and not self.max_train_minutes > 0:
             raise ConfigError(f"--max_train_minutes must be positive (or left unset); got {self.max_train_minutes}")
         if not self.learning_rate > 0:
@@ -335,28 +230,8 @@ def _check_recipe_type(path: str, key: str, value) -> None:
     raise ConfigError(f"{path}: {key} must be {names.get(expected, expected.__name__)}; got {value!r}")
 
 
-HELP_GROUPS = {  # --help shows the flags in these groups, in this order
-    "data": [f.name for f in dataclasses.fields(DataArguments)],
-    "model": ["model_type", "model_config_name_or_path", "class_conditional", "condition_dropout", "latent_dim",
-              "base_channels", "kl_weight", "adversarial_weight"],
-    "diffusion": ["ddpm_num_steps", "ddpm_beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma",
-                  "edm_p_mean", "edm_p_std"],
-    "optimisation": ["seed", "train_batch_size", "num_epochs", "max_train_steps", "max_train_minutes",
-                     "gradient_accumulation_steps",
-                     "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
-                     "adam_weight_decay", "adam_epsilon", "max_grad_norm", "use_ema", "ema_max_decay",
-                     "ema_inv_gamma", "ema_power", "ema_warmup", "no_ema_warmup"],
-    "checkpoints and logging": ["output_dir", "overwrite_output_dir", "checkpointing_steps",
-                                "checkpoints_total_limit", "resume_from_checkpoint", "logger", "logging_dir",
-                                "logging_steps"],
-    "sampling (grids)": ["eval_batch_size", "save_images_epochs", "num_sample_images", "guidance_scale",
-                         "variance_type",
-                         "ddpm_num_inference_steps", "ddim_num_inference_steps", "ddim_eta"],
-    "Hub": ["push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"],
-    "speed": ["mixed_precision", "allow_tf32", "channels_last", "torch_compile", "dataset_on_device",
-              "max_dataset_bytes", "cpu_threads"],
-}
-DESCRIPTION = """Train a DDPM or a baseline (VAE, DCGAN, VAE-GAN) on small images and export a DiffusionPipeline.
+DESCRIPTION = f"""Train a generative model (--model_type {', '.join(MODEL_TYPES)}) on small images and export it
+as a DiffusionPipeline.
 
 A --config recipe (YAML or JSON) sets defaults for any flag below; flags on the command line win,
 and 'none' clears a recipe's optional value (e.g. --dataset_name none --train_data_dir my_images).
@@ -384,20 +259,44 @@ def _none_or(convert):
     return parse
 
 
-def build_parser():
-    """The flags of every argument class, grouped for --help, with --config first."""
+def help_groups() -> list[str]:
+    """The --help groups in order: the general ones, each model type's own right after "model"."""
+    own = [f.metadata["group"] for part in argument_parts() for f in dataclasses.fields(part)]
+    own = [g for g in dict.fromkeys(own) if g not in GENERAL_HELP_GROUPS]
+    return [*GENERAL_HELP_GROUPS[:2], *own, *GENERAL_HELP_GROUPS[2:]]
+
+
+def _argument_parser_class():
+    """transformers' HfArgumentParser, passing argparse every field metadata key but our "group"."""
+    import copy
+
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ARGUMENT_CLASSES, description=DESCRIPTION, formatter_class=_HelpFormatter,
+    class ArgumentParser(HfArgumentParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, item):
+            item = copy.copy(item)
+            item.metadata = {k: v for k, v in item.metadata.items() if k != "group"}
+            HfArgumentParser._parse_dataclass_field(parser, item)
+
+    return ArgumentParser
+
+
+def build_parser():
+    """The flags of every argument class, grouped for --help, with --config first."""
+    parser = _argument_parser_class()(ARGUMENT_CLASSES, description=DESCRIPTION, formatter_class=_HelpFormatter,
                               usage="%(prog)s [--config RECIPE.yaml] [--flag value ...]")
     config_action = parser.add_argument("--config", default=None, help="YAML/JSON recipe whose keys are these flags.")
     general = parser._optionals  # argparse keeps groups in private lists; moving actions only changes --help
     general._group_actions.remove(config_action)
     general._group_actions.insert(1, config_action)  # right after -h
-    optional = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.default is None}
-    for title, names in HELP_GROUPS.items():
+    fields = {f.name: f for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    optional = {name for name, f in fields.items() if f.default is None}
+    group_of = {name: f.metadata["group"] for name, f in fields.items()}
+    group_of.update({f"no_{name}": group for name, group in group_of.items()})  # --no_ema_warmup
+    for title in help_groups():
         group = parser.add_argument_group(title)
-        for action in [a for a in general._group_actions if a.dest in names]:
+        for action in [a for a in general._group_actions if group_of.get(a.dest) == title]:
             general._group_actions.remove(action)
             group._group_actions.append(action)
             if action.dest in optional and action.type is not None:

@@ -22,11 +22,9 @@ import torch
 from smallgen.config import INTERPOLATIONS, MIXED_PRECISION_CHOICES, DataArguments
 from smallgen.data import decode_image, decode_to_uint8, load_split, to_rgb
 from smallgen.errors import ConfigError, UserError
+from smallgen.objectives import objective_for_pipeline, sampler_names
 
-# dpmsolver++: DPM-Solver++(2M); edm-*: for EDM pipelines (--model_type edm), diffusers' EDM schedulers
-# and our EDM Heun (pipelines/pipeline_edm.py: 2 network evaluations a step but the last)
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmsolver++", "dpmsolver++3m", "unipc", "euler", "edm-euler", "edm-dpmsolver",
-                   "edm-heun")
+SAMPLER_CHOICES = sampler_names()  # each model type offers its own (smallgen/objectives/)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -57,7 +55,8 @@ class EvaluationArguments:
     )
     reference_seed: int = field(default=2020, metadata={"help": "Seed of the reference subset."})
     num_samples: int = field(default=10000, metadata={"help": "Generated images per setting."})
-    scheduler: str = field(default="ddim", metadata={"help": "Sampler for diffusion pipelines.",
+    scheduler: str = field(default="ddim", metadata={"help": "Sampler for diffusion pipelines (each model type "
+                                                             "takes its own: see the README).",
                                                      "choices": list(SAMPLER_CHOICES)})
     num_inference_steps: list[int] = field(
         default_factory=lambda: [50], metadata={"help": "Sampling steps; several values sweep (10 20 50 1000)."}
@@ -66,10 +65,10 @@ class EvaluationArguments:
         default_factory=lambda: [1.0],
         metadata={"help": "Class-conditional pipelines: classifier-free guidance; several values sweep (0 1 2 4)."}
     )
-    eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 deterministic, 1 DDPM-like)."})
+    eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 deterministic, 1 as noisy as ancestral sampling)."})
     gan_batchnorm: str = field(default="eval", metadata={
         "help": "GAN pipelines: BatchNorm with the running statistics (eval) or each batch's own (train, as "
-                "PyTorch's DCGAN example samples; images then depend on --batch_size).", "choices": ["eval", "train"]})
+                "PyTorch's GAN example samples; images then depend on --batch_size).", "choices": ["eval", "train"]})
     batch_size: int = field(default=256, metadata={"help": "Generation and Inception batch size."})
     seed: int = field(default=0, metadata={"help": "Same seed, same samples."})
     mixed_precision: str = field(default="no", metadata={"help": "Autocast dtype for generation.",
@@ -214,17 +213,16 @@ def load_pipeline(name_or_path: str, trust_remote_code: bool = False):
 
 
 def _own_pipeline_class(folder: str):
+    """Our installed pipeline class for a folder one of our model types exported (else None)."""
     index_path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index_path):
         return None
     with open(index_path) as handle:
         class_name = json.load(handle).get("_class_name")
-    from smallgen.export import OWN_PIPELINE_CLASSES
+    if isinstance(class_name, list) and objective_for_pipeline(class_name[-1]) is not None:
+        from importlib import import_module
 
-    if isinstance(class_name, list) and class_name[-1] in OWN_PIPELINE_CLASSES:
-        import pipelines
-
-        return getattr(pipelines, class_name[-1])
+        return getattr(import_module(f"pipelines.{class_name[0]}"), class_name[-1])
     return None
 
 
@@ -232,40 +230,19 @@ def is_diffusion_pipeline(pipeline) -> bool:
     return hasattr(pipeline, "unet") and hasattr(pipeline, "scheduler")
 
 
-def make_scheduler(config, sampler: str):
-    from diffusers import (
-        DDIMScheduler,
-        DDPMScheduler,
-        DPMSolverMultistepScheduler,
-        EDMDPMSolverMultistepScheduler,
-        EDMEulerScheduler,
-        EulerDiscreteScheduler,
-        UniPCMultistepScheduler,
-    )
+def make_scheduler(pipeline_class: str, config, sampler: str):
+    """The scheduler ``sampler`` names, made from a pipeline's scheduler ``config``; the samplers a
+    pipeline class takes are those of the model type that exports it."""
+    from importlib import import_module
 
-    edm_model = "sigma_data" in config  # an EDM pipeline's scheduler (its network is preconditioned)
-    if edm_model != sampler.startswith("edm-"):
-        raise UserError(f"--scheduler {sampler} cannot sample this pipeline: EDM pipelines take edm-euler or "
-                        "edm-dpmsolver, other diffusion pipelines the rest")
-    if sampler == "edm-euler":
-        return EDMEulerScheduler.from_config(config)
-    if sampler == "edm-dpmsolver":
-        return EDMDPMSolverMultistepScheduler.from_config(config)
-    if sampler == "edm-heun":
-        from pipelines.pipeline_edm import EDMHeunScheduler
-
-        return EDMHeunScheduler.from_config(config)
-
-    if sampler == "ddpm":
-        return DDPMScheduler.from_config(config)
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(config)
-    if sampler == "unipc":
-        return UniPCMultistepScheduler.from_config(config)
-    if sampler == "euler":  # Karras et al.'s Euler in sigma space: scales the input and the first noise
-        return EulerDiscreteScheduler.from_config(config)
-    order = 3 if sampler == "dpmsolver++3m" else 2
-    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=order)
+    objective = objective_for_pipeline(pipeline_class)
+    offered = objective.samplers if objective is not None else {}
+    if sampler not in offered:
+        takes = f"it takes {', '.join(offered)}" if offered else "it is not a pipeline of a known model type"
+        raise UserError(f"--scheduler {sampler} cannot sample a {pipeline_class}: {takes}")
+    where, extra = offered[sampler]
+    module, name = where.split(":")
+    return getattr(import_module(module), name).from_config(config, **extra)
 
 
 def network_evaluations(scheduler, steps: int) -> int:
@@ -308,7 +285,7 @@ def generate_conditional(pipeline, args: EvaluationArguments, steps: int, guidan
 
     from smallgen.seeding import image_generators
 
-    pipeline.scheduler = make_scheduler(pipeline.scheduler.config, args.scheduler)
+    pipeline.scheduler = make_scheduler(type(pipeline).__name__, pipeline.scheduler.config, args.scheduler)
     check_sampler_steps(pipeline.scheduler, steps)
     classes = len(pipeline.class_names)
     out = []
@@ -334,12 +311,17 @@ def generate(pipeline, args: EvaluationArguments, steps: int | None, device: tor
         if is_diffusion_pipeline(pipeline):
             from smallgen.sampling import sample_images
 
-            scheduler = make_scheduler(pipeline.scheduler.config, args.scheduler)
+            scheduler = make_scheduler(type(pipeline).__name__, pipeline.scheduler.config, args.scheduler)
             check_sampler_steps(scheduler, steps)
             return sample_images(pipeline.unet, scheduler, args.num_samples, steps, seed=args.seed,
-                                 batch_size=args.batch_size, device=device,
-                                 eta=args.eta if args.scheduler == "ddim" else None, progress=True)
+                                 batch_size=args.batch_size, device=device, eta=sampler_eta(scheduler, args),
+                                 progress=True)
         return _generate_with_call(pipeline, args, device)
+
+
+def sampler_eta(scheduler, args: EvaluationArguments) -> float | None:
+    """--eta for a scheduler whose step takes one (DDIM), else None."""
+    return args.eta if "eta" in inspect.signature(scheduler.step).parameters else None
 
 
 def _generate_with_call(pipeline, args: EvaluationArguments, device: torch.device) -> torch.Tensor:
@@ -477,14 +459,16 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
 
 def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, device, weights) -> dict:
     diffusion = pipeline is not None and is_diffusion_pipeline(pipeline)
+    scheduler = make_scheduler(type(pipeline).__name__, pipeline.scheduler.config, args.scheduler) if diffusion else None
+    takes_batchnorm = pipeline is not None and "batchnorm" in inspect.signature(pipeline.__call__).parameters
     return {
         "model": model,
         "pipeline_class": type(pipeline).__name__ if pipeline is not None else None,
         "sampler": args.scheduler if diffusion else None,
         "steps": steps,
-        "nfe": network_evaluations(make_scheduler(pipeline.scheduler.config, args.scheduler), steps) if diffusion else 1,
-        "eta": args.eta if diffusion and args.scheduler == "ddim" else None,
-        "gan_batchnorm": args.gan_batchnorm if type(pipeline).__name__ == "GANPipeline" else None,
+        "nfe": network_evaluations(scheduler, steps) if diffusion else 1,
+        "eta": sampler_eta(scheduler, args) if diffusion else None,
+        "gan_batchnorm": args.gan_batchnorm if takes_batchnorm else None,
         **metrics,
         "num_samples": num_samples,
         "seed": args.seed,

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple
 
 from smallgen.errors import UserError
 from smallgen.files import save_json
 
 # What stays local when the run folder is uploaded.
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
-
-
-def save_ddpm_pipeline(unet, scheduler_config: dict, output_dir: str) -> None:
-    """``output_dir`` becomes a DDPMPipeline folder (unet/ as safetensors, scheduler/, model_index.json)."""
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    scheduler = DDPMScheduler(**scheduler_config)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
-
-
-class BaselinePipeline(NamedTuple):
-    module: str  # file in pipelines/, copied into the folder
-    class_name: str
-    component: str  # the model's subfolder
-    model_class: str  # in models/baselines.py, copied into the subfolder
-
-
-BASELINE_PIPELINES = {
-    "vae": BaselinePipeline("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE"),
-    "gan": BaselinePipeline("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder"),
-}
-OWN_PIPELINE_CLASSES = (*(p.class_name for p in BASELINE_PIPELINES.values()), "ClassConditionalPipeline",
-                        "EDMPipeline")
 
 
 def save_custom_pipeline(pipeline, module: str, output_dir: str, component_files: dict | None = None) -> None:
@@ -59,17 +35,6 @@ def save_custom_pipeline(pipeline, module: str, output_dir: str, component_files
     save_json(index_path, index)
     shutil.copyfile(os.path.join(os.path.dirname(pipelines.__file__), f"{module}.py"),
                     os.path.join(output_dir, f"{module}.py"))
-
-
-def save_baseline_pipeline(kind: str, model, output_dir: str) -> None:
-    """``output_dir`` becomes a VAEPipeline or GANPipeline folder (see ``save_custom_pipeline``)."""
-    import models.baselines
-    import pipelines
-
-    spec = BASELINE_PIPELINES[kind]
-    pipeline = getattr(pipelines, spec.class_name)(**{spec.component: model})
-    save_custom_pipeline(pipeline, spec.module, output_dir,
-                         {spec.component: (models.baselines.__file__, spec.model_class)})
 
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,

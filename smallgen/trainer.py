@@ -79,9 +79,8 @@ def build_objective(data_args, model_args, args, labels=None):
     from smallgen.objectives import objective_class
 
     cls = objective_class(model_args.model_type, model_args.class_conditional)
-    objective = cls(data_args, model_args, args, labels) if cls.needs_labels else cls(data_args, model_args, args)
-    objective.check_arguments()
-    return objective
+    cls.check_arguments(data_args, model_args, args)
+    return cls(data_args, model_args, args, labels)
 
 
 class Trainer:
@@ -97,7 +96,10 @@ class Trainer:
         self.clock_seconds, self.timing_seconds = 0.0, 0.0  # time in training steps; time spent fixing the budget
         self.last_checkpoint = resume_path
         self.last_train, self.last_val, self.sample_paths = {}, {}, []
-        self.progress = None
+        self.progress = None  # the tqdm bar, opened with the logs
+        self.run_start = 0.0  # perf_counter() at the start, less the resumed run's elapsed time
+        self.sums, self.count = {}, 0  # device sums of the logged values since the last log line
+        self.interval_start, self.images_in_interval = 0.0, 0  # for the logged img/s
         self.stop_signal: int | None = None  # set by the first SIGTERM/SIGINT
 
     # ------------------------------------------------------------------ the run
@@ -449,12 +451,11 @@ def train(data_args, model_args, args) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    resuming = args.resume_from_checkpoint is not None
-    set_seed(args.seed)  # before the networks are built: their initial weights come from it
     from smallgen.objectives import objective_class
 
-    needs_labels = objective_class(model_args.model_type, model_args.class_conditional).needs_labels
-    objective = None if needs_labels else build_objective(data_args, model_args, args)  # config errors first
+    resuming = args.resume_from_checkpoint is not None
+    objective_cls = objective_class(model_args.model_type, model_args.class_conditional)
+    objective_cls.check_arguments(data_args, model_args, args)  # config errors first
     check_output_dir(args.output_dir, resuming, args.overwrite_output_dir)
     resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     accelerator = Accelerator(
@@ -468,8 +469,9 @@ def train(data_args, model_args, args) -> dict:
     with accelerator.main_process_first():  # one process fills the datasets cache
         data = load_image_datasets(data_args)
     accelerator.print(f"data: {data.summary()}")
-    labels, validation_labels = _labels(data, needs_labels)
-    objective = objective or build_objective(data_args, model_args, args, labels)
+    labels, validation_labels = _labels(data, objective_cls.needs_labels)
+    set_seed(args.seed)  # right before the networks are built: their initial weights come from it
+    objective = build_objective(data_args, model_args, args, labels)
     feeder = ImageFeeder(data.train, data.image_column, data_args, args, accelerator)
     if labels is not None:
         feeder.use_labels(labels.values)

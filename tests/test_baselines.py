@@ -12,7 +12,7 @@ from tests.test_training import run_training, tiny_args
 
 
 def baseline_args(data_dir, output_dir, model_type, **overrides):
-    base = dict(model_type=model_type, model_config_name_or_path=None, base_channels=8, latent_dim=16,
+    base = dict(model_type=model_type, base_channels=8, latent_dim=16,
                 learning_rate=2e-4, adam_beta1=0.5, lr_warmup_steps=0, lr_scheduler="constant")
     return tiny_args(data_dir, None, output_dir, **{**base, **overrides})
 
@@ -135,13 +135,13 @@ def test_baseline_training_resumes_exactly(sprites_dir, tmp_path, model_type):
 
 
 def test_baseline_config_errors(sprites_dir, tmp_path):
-    with pytest.raises(ConfigError, match="gradient_accumulation_steps applies to ddpm only"):
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps applies to UNet model types"):
         run_training(baseline_args(sprites_dir, tmp_path / "a", "dcgan", gradient_accumulation_steps=2))
-    with pytest.raises(ConfigError, match="--use_ema applies to ddpm and dcgan only"):
+    with pytest.raises(ConfigError, match="--use_ema does not apply to --model_type vae"):
         run_training(baseline_args(sprites_dir, tmp_path / "b", "vae", use_ema=True))
     with pytest.raises(ConfigError, match="power-of-two"):
         run_training(baseline_args(sprites_dir, tmp_path / "c", "vae", resolution=24))
-    with pytest.raises(ConfigError, match="ddpm and edm"):
+    with pytest.raises(ConfigError, match="--model_config_name_or_path applies to --model_type ddpm, edm, not vae"):
         run_training(baseline_args(sprites_dir, tmp_path / "d", "vae",
                                    model_config_name_or_path=ROOT / "configs/models/unet-tiny.json"))
     with pytest.raises(SystemExit):  # argparse lists the choices and exits 2

@@ -107,7 +107,7 @@ def test_edm_heun_is_karras_algorithm_1(tiny_unet):
         return tiny_unet(x, t).sample
 
     ours = sample_with(tiny_unet, EDMHeunScheduler.from_config(edm_scheduler().config), 5, predict=counted)
-    assert len(calls) == 9 == network_evaluations(make_scheduler(edm_scheduler().config, "edm-heun"), 5)
+    assert len(calls) == 9 == network_evaluations(make_scheduler("EDMPipeline", edm_scheduler().config, "edm-heun"), 5)
     sigmas, x, derivative = karras_start(tiny_unet, 5)
     for i in range(len(sigmas) - 1):
         d = derivative(x, sigmas[i])

@@ -203,7 +203,7 @@ def test_dpmsolver_and_ddpm_samplers_run(tiny_pipeline, tmp_path, inception):
     from smallgen.evaluation import generate, make_scheduler
 
     pipe = DDPMPipeline.from_pretrained(tiny_pipeline)
-    assert type(make_scheduler(pipe.scheduler.config, "dpmsolver++")).__name__ == "DPMSolverMultistepScheduler"
+    assert type(make_scheduler("DDPMPipeline", pipe.scheduler.config, "dpmsolver++")).__name__ == "DPMSolverMultistepScheduler"
     for sampler in ("dpmsolver++", "ddpm"):
         args = EvaluationArguments(pipeline=tiny_pipeline, dataset_name="x", scheduler=sampler, num_samples=3,
                                    batch_size=2, seed=1)
@@ -239,7 +239,7 @@ def test_clear_errors(tiny_pipeline, tmp_path, inception, capsys):
     fails(["--pipeline", str(tmp_path), "--dataset_name", str(SAMPLE_CIFAR10)], "not a pipeline folder")
     fails(["--dataset_name", str(SAMPLE_CIFAR10)], "exactly one of --pipeline and --samples_dir")
     fails(base + ["--scheduler", "heun"], "invalid choice: 'heun'")
-    fails(base + ["--scheduler", "edm-euler", "--num_inference_steps", "2"], "EDM pipelines take edm-euler")
+    fails(base + ["--scheduler", "edm-euler", "--num_inference_steps", "2"], "--scheduler edm-euler cannot sample a DDPMPipeline: it takes ddpm, ddim")
     (tmp_path / "x.json").write_text("{}")
     fails(["--compare", str(tmp_path / "x.json")], "not an evaluate_fid.py results file")
     one = tmp_path / "one"

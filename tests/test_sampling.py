@@ -82,8 +82,8 @@ def test_our_sampling_loop_equals_diffusers_documented_loop(tiny_unet, sampler):
     from smallgen.seeding import image_generators
 
     config = DDPMScheduler(num_train_timesteps=50).config
-    ours = sample_images(tiny_unet, make_scheduler(config, sampler), 3, 6, seed=4, batch_size=2)
-    scheduler = make_scheduler(config, sampler)
+    ours = sample_images(tiny_unet, make_scheduler("DDPMPipeline", config, sampler), 3, 6, seed=4, batch_size=2)
+    scheduler = make_scheduler("DDPMPipeline", config, sampler)
     scheduler.set_timesteps(6)
     x = randn_tensor((3, 3, 8, 8), generator=image_generators(4, range(3), torch.device("cpu")))
     x = x * scheduler.init_noise_sigma

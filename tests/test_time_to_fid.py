@@ -21,7 +21,6 @@ learning_rate: 1.0e-3
 lr_warmup_steps: 2
 logger: none
 num_sample_images: 4
-ddpm_num_inference_steps: 3
 ddim_num_inference_steps: 2
 max_train_steps: 4
 """
@@ -30,7 +29,7 @@ max_train_steps: 4
 @pytest.fixture
 def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
     ddpm = tmp_path / "tiny-ddpm.yaml"
-    ddpm.write_text(TINY_RECIPE.format(unet=tiny_unet_config))
+    ddpm.write_text(TINY_RECIPE.format(unet=tiny_unet_config) + "ddpm_num_inference_steps: 3\n")
     gan = tmp_path / "tiny-dcgan.yaml"
     gan.write_text("model_type: dcgan\nbase_channels: 8\nlatent_dim: 16\ntrain_batch_size: 8\nlogger: none\n"
                    "max_train_samples: 64\nmax_validation_samples: 8\nnum_sample_images: 4\nmax_train_steps: 3\n")

@@ -34,13 +34,16 @@ def ema_weights(checkpoint):
 
 
 def tiny_args(data_dir, config, output_dir, **overrides):
+    """Flags of a tiny run (seconds): the UNet ones with a UNet ``config``, the DDPM ones for ddpm."""
     args = {
-        "train_data_dir": data_dir, "resolution": 16, "validation_fraction": 0.25,
-        "model_config_name_or_path": config, "output_dir": output_dir, "train_batch_size": 8,
-        "eval_batch_size": 8, "ddpm_num_steps": 100, "ddpm_num_inference_steps": 5,
-        "ddim_num_inference_steps": 3, "num_sample_images": 4, "learning_rate": 1e-3, "lr_warmup_steps": 2,
-        "logging_steps": 1, "logger": "none", "save_images_epochs": 100, "seed": 7,
+        "train_data_dir": data_dir, "resolution": 16, "validation_fraction": 0.25, "output_dir": output_dir,
+        "train_batch_size": 8, "eval_batch_size": 8, "num_sample_images": 4, "learning_rate": 1e-3,
+        "lr_warmup_steps": 2, "logging_steps": 1, "logger": "none", "save_images_epochs": 100, "seed": 7,
     }
+    if config is not None and overrides.get("model_config_name_or_path", config) is not None:
+        args.update(model_config_name_or_path=config, ddim_num_inference_steps=3)
+    if overrides.get("model_type", "ddpm") == "ddpm":
+        args.update(ddpm_num_steps=100, ddpm_num_inference_steps=5)
     args.update(overrides)
     argv = []
     for key, value in args.items():
@@ -168,7 +171,9 @@ def test_config_file_and_flag_errors(tmp_path, sprites_dir):
     good.write_text("train_data_dir: x\nlearning_rate: 1e-4\nddpm_beta_schedule: cosine\nuse_ema: true\n")
     data_args, diffusion_args, train_args = parse_args(["--config", str(good), "--learning_rate", "3e-4"])
     assert train_args.learning_rate == 3e-4 and train_args.use_ema is True  # the flag beats the file
-    assert diffusion_args.diffusers_beta_schedule == "squaredcos_cap_v2" and data_args.train_data_dir == "x"
+    from smallgen.objectives.diffusion import diffusers_beta_schedule
+
+    assert diffusers_beta_schedule(diffusion_args) == "squaredcos_cap_v2" and data_args.train_data_dir == "x"
 
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("learning_rate: 1e-4\nlearnig_rate: 2e-4\n")
@@ -434,7 +439,7 @@ def test_exact_resume_after_kill_9(sprites_dir, tiny_unet_config, tmp_path, mode
 
 
 def test_help_is_a_manual():
-    from smallgen.config import HELP_GROUPS, build_parser
+    from smallgen.config import build_parser, help_groups
 
     parser = build_parser()
     flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
@@ -446,9 +451,10 @@ def test_help_is_a_manual():
     first_flags = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
     assert first_flags[0] == "--config"
     titles = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert titles == ["options", *HELP_GROUPS], titles
-    grouped = {name for names in HELP_GROUPS.values() for name in names}
-    assert {a.dest for a in flags} - {"config"} <= grouped  # every flag sits in a group
+    assert titles == ["options", *help_groups()], titles
+    assert {"ddpm", "edm", "baselines"} <= set(help_groups())  # each model type's flags in its own
+    general = parser._optionals._group_actions
+    assert [a.dest for a in general] == ["help", "config"]  # every other flag sits in a group
     for action in flags:  # the default is stated once: by the formatter or by the help text itself
         shown = parser._get_formatter()._expand_help(action)
         assert shown.lower().count("default") <= 1, shown

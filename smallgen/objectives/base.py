@@ -1,11 +1,17 @@
-"""What every model type provides to the training loop (``smallgen/trainer.py``).
+"""What every model type provides to the training loop (``smallgen/trainer.py``), the command line
+(``smallgen/config.py``) and ``evaluate_fid.py`` (``smallgen/evaluation.py``).
 
 The loop owns epochs, seeds, accumulation bookkeeping, lr-schedule steps, logging, finite checks,
 checkpoints, the validation and sample-grid schedules, export and push. An objective owns its
-networks, optimizers, lr schedules and extra checkpoint state, and answers these calls:
+flags, networks, loss, optimizers and extra checkpoint state, its pipeline and its samplers:
 
-* ``check_arguments()``: raise ConfigError for settings this model type cannot take (before
-  anything is written);
+* class attributes: ``name`` (its registry key), ``arguments`` (its argument classes: the flags it
+  reads, each with ``check(arguments, objective_class)``), ``needs_labels``, ``validation_names``,
+  ``pipeline_classes`` (the pipeline class names it exports, so evaluate_fid.py knows its
+  samplers) and ``samplers`` ({evaluate_fid.py --scheduler name: ("module:Class", config)});
+* ``check_arguments(data_args, model_args, train_args)``: raise ConfigError for data or training
+  settings this model type cannot take (before anything is loaded or written);
+* ``build_networks()``: {name: network}, called once by ``__init__``;
 * ``setup(accelerator, max_train_steps)``: optimizers, lr schedules, ``accelerator.prepare``;
 * ``train_step(micro_batches)``: one optimizer step over ``MicroBatch``es; returns a dict of device
   tensors to log (no host sync);
@@ -42,21 +48,23 @@ class ModelCardText:
 
 
 class Objective:
-    name = ""  # the --model_type
+    name = ""  # the registry key (--model_type, "+class" for the --class_conditional variant)
+    arguments: tuple[type, ...] = ()  # the argument classes whose flags this model type reads
     needs_labels = False  # constructed with the training labels (smallgen.data.Labels) when True
     validation_names: tuple[str, ...] = ()  # the keys validation_losses returns (none: no validation)
+    pipeline_classes: tuple[str, ...] = ()  # the pipeline classes it exports (and evaluate_fid.py samples)
+    samplers: dict[str, tuple[str, dict]] = {}  # evaluate_fid.py --scheduler: ("module:Class", extra config)
 
-    def __init__(self, data_args, model_args, train_args):
+    def __init__(self, data_args, model_args, train_args, labels=None):
         self.data_args, self.model_args, self.train_args = data_args, model_args, train_args
         self.accelerator = None
-        self.networks: dict[str, torch.nn.Module] = {}
+        self.networks: dict[str, torch.nn.Module] = self.build_networks()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr_schedulers: dict = {}
 
-    # ------------------------------------------------------------------ built before any file is touched
-
-    def check_arguments(self) -> None:
-        """ConfigError for settings this model type cannot take."""
+    @classmethod
+    def check_arguments(cls, data_args, model_args, train_args) -> None:
+        """ConfigError for data or training settings this model type cannot take."""
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         raise NotImplementedError
@@ -68,15 +76,22 @@ class Objective:
     # ------------------------------------------------------------------ training
 
     def setup(self, accelerator, max_train_steps: int) -> None:
-        """One Adam(W) per network, prepared by the accelerator, and its lr schedule."""
+        """The optimizers, prepared by the accelerator with the networks, and their lr schedules."""
         self.accelerator = accelerator
-        for name, network in self.networks.items():
-            self.optimizers[name] = self.make_optimizer(network)
-        names = list(self.networks)
+        self.optimizers = self.make_optimizers()
+        names, optimizer_names = list(self.networks), list(self.optimizers)
         prepared = accelerator.prepare(*self.networks.values(), *self.optimizers.values())
         self.networks = dict(zip(names, prepared[:len(names)]))
-        self.optimizers = dict(zip(names, prepared[len(names):]))
+        self.optimizers = dict(zip(optimizer_names, prepared[len(names):]))
         self.make_lr_schedules(max_train_steps)
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per network, named like it."""
+        args = self.train_args
+        return {name: torch.optim.Adam(network.parameters(), lr=args.learning_rate,
+                                       betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                                       weight_decay=args.adam_weight_decay)
+                for name, network in self.networks.items()}
 
     def make_lr_schedules(self, max_train_steps: int) -> None:
         """One lr schedule per optimizer over ``max_train_steps`` (rebuilt once a time budget fixes that)."""
@@ -89,11 +104,6 @@ class Objective:
                                                      num_warmup_steps=args.lr_warmup_steps,
                                                      num_training_steps=max_train_steps)
 
-    def make_optimizer(self, network) -> torch.optim.Optimizer:
-        args = self.train_args
-        return torch.optim.Adam(network.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                eps=args.adam_epsilon, weight_decay=args.adam_weight_decay)
-
     def checkpoint_objects(self) -> dict:
         """Extra stateful objects saved in checkpoints besides networks, optimizers and lr schedules."""
         return {}
@@ -101,16 +111,6 @@ class Objective:
     def train_mode(self, training: bool) -> None:
         for network in self.networks.values():
             network.train(training)
-
-    def update(self, name: str, loss: torch.Tensor) -> None:
-        """Backward, clip, step and clear one network's optimizer."""
-        network, optimizer = self.networks[name], self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
-        if self.train_args.max_grad_norm is not None:
-            self.accelerator.clip_grad_norm_(network.parameters(), self.train_args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, micro_batches) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -8,34 +8,102 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from models.losses import gan_loss, gaussian_kl, reconstruction_error
+from smallgen.arguments import flag
 from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText, Objective
 
 
+@dataclass
+class BaselineArguments:
+    """The size of a baseline's networks."""
+
+    latent_dim: int | None = flag(None, "Latent size; unset: vae 128, dcgan 100, vaegan 256 (seeds 002/003).",
+                                  group="baselines")
+    base_channels: int = flag(64, "First conv width (doubles per level).", group="baselines")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if arguments.latent_dim is None:
+            arguments.latent_dim = objective.default_latent_dim
+        if arguments.latent_dim < 1 or arguments.base_channels < 1:
+            raise ConfigError("--latent_dim and --base_channels must be positive")
+
+
+@dataclass
+class VAEArguments:
+    kl_weight: float = flag(1.0, "Weight of the KL term.", group="baselines")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if arguments.kl_weight < 0:
+            raise ConfigError(f"--kl_weight must be non-negative; got {arguments.kl_weight}")
+
+
+@dataclass
+class VAEGANArguments:
+    adversarial_weight: float = flag(0.1, "Weight of the adversarial term.", group="baselines")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if arguments.adversarial_weight < 0:
+            raise ConfigError(f"--adversarial_weight must be non-negative; got {arguments.adversarial_weight}")
+
+
+class BaselinePipeline(NamedTuple):
+    module: str  # file in pipelines/, copied into the folder
+    class_name: str
+    component: str  # the model's subfolder
+    model_class: str  # in models/baselines.py, copied into the subfolder
+
+
+VAE_PIPELINE = BaselinePipeline("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE")
+GAN_PIPELINE = BaselinePipeline("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder")
+
+
+def save_baseline_pipeline(spec: BaselinePipeline, model, output_dir: str) -> None:
+    """``output_dir`` becomes a VAEPipeline or GANPipeline folder, the model's code copied in."""
+    import models.baselines
+    import pipelines
+    from smallgen.export import save_custom_pipeline
+
+    pipeline = getattr(pipelines, spec.class_name)(**{spec.component: model})
+    save_custom_pipeline(pipeline, spec.module, output_dir,
+                         {spec.component: (models.baselines.__file__, spec.model_class)})
+
+
 class BaselineObjective(Objective):
-    pipeline_kind = ""  # "vae" or "gan": which pipeline the export writes
+    pipeline: BaselinePipeline  # what the export writes
     supports_ema = False
+    default_latent_dim = 128
 
-    def __init__(self, data_args, model_args, train_args):
-        super().__init__(data_args, model_args, train_args)
-        self.check_arguments()
-        self.networks = self.build_networks()
-
-    def check_arguments(self) -> None:
-        args, resolution = self.train_args, self.data_args.resolution
-        if args.gradient_accumulation_steps != 1:
-            raise ConfigError("--gradient_accumulation_steps applies to ddpm only: baselines step every batch")
-        if args.use_ema and not self.supports_ema:
-            raise ConfigError("--use_ema applies to ddpm and dcgan only")
+    @classmethod
+    def check_arguments(cls, data_args, model_args, train_args) -> None:
+        resolution = data_args.resolution
+        if train_args.gradient_accumulation_steps != 1:
+            raise ConfigError("--gradient_accumulation_steps applies to UNet model types: baselines step every batch")
+        if train_args.use_ema and not cls.supports_ema:
+            raise ConfigError(f"--use_ema does not apply to --model_type {cls.name}")
         if resolution < 8 or resolution & (resolution - 1):
             raise ConfigError(f"baselines need a power-of-two --resolution >= 8; got {resolution}")
 
     def latents(self, n: int, generator) -> torch.Tensor:
         return torch.randn((n, self.model_args.latent_dim), generator=generator, device=self.accelerator.device)
+
+    def update(self, name: str, loss: torch.Tensor) -> None:
+        """Backward, clip, step and clear one network's optimizer."""
+        network, optimizer = self.networks[name], self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        if self.train_args.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(network.parameters(), self.train_args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def decoder(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -57,19 +125,16 @@ class BaselineObjective(Objective):
         return {"": to_uint8(images).cpu()}
 
     def export(self, output_dir: str) -> ModelCardText:
-        from smallgen.export import BASELINE_PIPELINES, save_baseline_pipeline
-
-        save_baseline_pipeline(self.pipeline_kind, self.export_model(), output_dir)
-        pipeline_class = BASELINE_PIPELINES[self.pipeline_kind].class_name
+        save_baseline_pipeline(self.pipeline, self.export_model(), output_dir)
         m = self.model_args
         return ModelCardText(
             description=(f"A {self.name.upper()} baseline (latent {m.latent_dim}, {self.data_args.resolution} px) "
-                         f"trained with smallgen's `train_unconditional.py`. Load it with `{pipeline_class}."
+                         f"trained with smallgen's `train_unconditional.py`. Load it with `{self.pipeline.class_name}."
                          "from_pretrained` (smallgen installed) or `DiffusionPipeline.from_pretrained(..., "
                          "trust_remote_code=True)`: the pipeline and model code are in this folder."),
             tags=[self.name, "baseline"],
-            arguments={k: v for k, v in dataclasses.asdict(m).items()
-                       if k in ("model_type", "latent_dim", "base_channels", "kl_weight", "adversarial_weight")},
+            arguments={"model_type": m.model_type, **{f.name: getattr(m, f.name) for part in self.arguments
+                                                      for f in dataclasses.fields(part)}},
             trust_remote_code=True,
         )
 
@@ -82,7 +147,9 @@ class VAEObjective(BaselineObjective):
     """Negative ELBO: summed squared error + kl_weight * KL."""
 
     name = "vae"
-    pipeline_kind = "vae"
+    arguments = (BaselineArguments, VAEArguments)
+    pipeline = VAE_PIPELINE
+    pipeline_classes = (VAE_PIPELINE.class_name,)
     validation_names = ("val_loss", "val_recon_loss", "val_kl_loss")
 
     def build_networks(self):
@@ -121,7 +188,10 @@ class DCGANObjective(BaselineObjective):
     """Alternating discriminator and generator steps with the non-saturating loss."""
 
     name = "dcgan"
-    pipeline_kind = "gan"
+    arguments = (BaselineArguments,)
+    pipeline = GAN_PIPELINE
+    pipeline_classes = (GAN_PIPELINE.class_name,)
+    default_latent_dim = 100
 
     def build_networks(self):
         from models.baselines import ConvDecoder, ConvDiscriminator
@@ -132,8 +202,8 @@ class DCGANObjective(BaselineObjective):
 
     supports_ema = True  # --use_ema: an EMA of the generator's weights is sampled and exported
 
-    def __init__(self, data_args, model_args, train_args):
-        super().__init__(data_args, model_args, train_args)
+    def __init__(self, data_args, model_args, train_args, labels=None):
+        super().__init__(data_args, model_args, train_args, labels)
         self.ema = None
 
     def setup(self, accelerator, max_train_steps: int) -> None:
@@ -182,7 +252,10 @@ class VAEGANObjective(VAEObjective):
     """VAE loss + adversarial_weight * GAN loss on reconstructions and prior samples; D sees all three."""
 
     name = "vaegan"
-    pipeline_kind = "gan"
+    arguments = (BaselineArguments, VAEArguments, VAEGANArguments)
+    pipeline = GAN_PIPELINE
+    pipeline_classes = (GAN_PIPELINE.class_name,)
+    default_latent_dim = 256
 
     def build_networks(self):
         from models.baselines import ConvDiscriminator

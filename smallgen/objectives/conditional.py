@@ -13,18 +13,43 @@ micro-batch's seeded generator so exact resume still holds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from smallgen.arguments import flag
 from smallgen.errors import ConfigError
 from smallgen.objectives.base import MicroBatch, ModelCardText
-from smallgen.objectives.diffusion import DiffusionObjective, make_samplers, scheduler_config
+from smallgen.objectives.diffusion import DDPMArguments, DiffusionObjective, make_samplers, scheduler_config
+from smallgen.objectives.unet_base import UNetArguments
+
+
+@dataclass
+class ConditionalArguments:
+    """Conditioning on labels with classifier-free guidance."""
+
+    class_conditional: bool = flag(
+        False, "Condition the UNet on --label_column (classifier-free guidance).", group="conditional")
+    condition_dropout: float = flag(
+        0.1, "Probability of training a step's image without its label (Ho & Salimans).", group="conditional")
+    guidance_scale: float = flag(
+        2.0, "Guidance for the sample grids and the pipeline's default (1: conditional).", group="conditional")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if not 0 <= arguments.condition_dropout < 1:
+            raise ConfigError(f"--condition_dropout must be in [0, 1); got {arguments.condition_dropout}")
+        if arguments.guidance_scale < 0:
+            raise ConfigError(f"--guidance_scale must be non-negative; got {arguments.guidance_scale}")
 
 
 class ClassConditionalObjective(DiffusionObjective):
-    name = "ddpm-class-conditional"
+    name = "ddpm+class"
+    arguments = (UNetArguments, DDPMArguments, ConditionalArguments)
     needs_labels = True
+    pipeline_classes = ("ClassConditionalPipeline",)
 
-    def __init__(self, data_args, model_args, train_args, labels):
+    def __init__(self, data_args, model_args, train_args, labels=None):
         if labels is None:
             raise ConfigError("--class_conditional needs the training labels (--label_column)")
         self.is_context = labels.is_context
@@ -40,11 +65,9 @@ class ClassConditionalObjective(DiffusionObjective):
             self.context_embedding = ContextEmbedding(self.num_classes, width)
 
     def make_unet(self):
-        from models.unet import create_unet
-
         condition = ({"class_embed_type": "identity"} if self.is_context
                      else {"num_class_embeds": self.num_classes + 1})
-        return create_unet(self.model_args.model_config_name_or_path, self.data_args.resolution, **condition)
+        return super().make_unet(**condition)
 
     def setup(self, accelerator, max_train_steps: int) -> None:
         if self.context_embedding is not None:
@@ -67,13 +90,17 @@ class ClassConditionalObjective(DiffusionObjective):
             return self.num_classes
         return context_embedding(torch.zeros((1, self.num_classes), device=self.accelerator.device))
 
-    def denoiser(self, network, batch: MicroBatch | None = None, training: bool = True):
-        """(x_t, t) -> prediction for this batch's labels, each dropped to "no label" with probability p."""
+    def training_labels(self, batch: MicroBatch) -> torch.Tensor:
+        """This batch's labels, each dropped to "no label" with probability p (from its generator)."""
         labels = batch.labels
-        if training and self.model_args.condition_dropout > 0:
+        if self.model_args.condition_dropout > 0:
             drop = torch.rand(labels.shape[:1], generator=batch.generator, device=labels.device)
             keep = drop >= self.model_args.condition_dropout
             labels = labels * keep[:, None] if self.is_context else torch.where(keep, labels, self.num_classes)
+        return labels
+
+    def denoiser(self, network, labels=None):
+        """(x_t, t) -> prediction for these labels (class indices or context vectors)."""
         if self.is_context:
             labels = self.context_embedding(labels)
         return super().denoiser(lambda x, t: network(x, t, class_labels=labels))

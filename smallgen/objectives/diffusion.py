@@ -1,14 +1,67 @@
-"""``--model_type ddpm``: a diffusers UNet2DModel trained with the DDPM loss, exported as DDPMPipeline."""
+"""``--model_type ddpm``: a diffusers UNet2DModel trained with the DDPM loss (Ho et al. 2020, optionally
+min-SNR weighted), exported as diffusers' DDPMPipeline. The math is ``models/schedulers.py`` and
+``models/losses.py``; the UNet, EMA and accumulation are ``unet_base.py``'s.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
+from models.schedulers import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
+from smallgen.arguments import flag
 from smallgen.errors import ConfigError
-from smallgen.objectives.base import MicroBatch, ModelCardText, Objective
+from smallgen.objectives.base import ModelCardText
+from smallgen.objectives.unet_base import UNetArguments, UNetObjective
+
+# evaluate_fid.py --scheduler for DDPM-family pipelines: diffusers' schedulers from the saved config
+DDPM_SAMPLERS = {
+    "ddpm": ("diffusers:DDPMScheduler", {}),
+    "ddim": ("diffusers:DDIMScheduler", {}),
+    "dpmsolver++": ("diffusers:DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmsolver++3m": ("diffusers:DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+    "unipc": ("diffusers:UniPCMultistepScheduler", {}),
+    # Karras et al.'s Euler in sigma space: scales the input and the first noise
+    "euler": ("diffusers:EulerDiscreteScheduler", {}),
+}
+
+
+@dataclass
+class DDPMArguments:
+    """The noise process of a DDPM, its loss weighting and its grid samplers."""
+
+    ddpm_num_steps: int = flag(1000, "Training timesteps T.", group="ddpm")
+    ddpm_beta_schedule: str = flag("linear", "Noise schedule (cosine = squaredcos_cap_v2).", group="ddpm",
+                                   choices=BETA_SCHEDULES)
+    beta_start: float = flag(1e-4, "First beta (linear/scaled_linear/sigmoid).", group="ddpm")
+    beta_end: float = flag(0.02, "Last beta (linear/scaled_linear/sigmoid).", group="ddpm")
+    prediction_type: str = flag("epsilon", "What the network predicts.", group="ddpm", choices=PREDICTION_TYPES)
+    snr_gamma: float | None = flag(None, "Min-SNR loss weighting gamma (Hang et al. 2023); 5.0 is typical.",
+                                   group="ddpm")
+    variance_type: str = flag("fixed_small", "DDPM sampling variance (fixed_large: the DDPM paper's CIFAR-10).",
+                              group="sampling (grids)", choices=VARIANCE_TYPES)
+    ddpm_num_inference_steps: int = flag(1000, "DDPM steps for sample grids.", group="sampling (grids)")
+    ddim_eta: float = flag(0.0, "DDIM eta for sample grids (0 = deterministic).", group="sampling (grids)")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if arguments.ddpm_num_steps < 2:
+            raise ConfigError(f"--ddpm_num_steps must be at least 2; got {arguments.ddpm_num_steps}")
+        for name in ("ddpm_num_inference_steps", "ddim_num_inference_steps"):
+            steps = getattr(arguments, name)
+            if not 1 <= steps <= arguments.ddpm_num_steps:
+                raise ConfigError(f"--{name} must be between 1 and --ddpm_num_steps={arguments.ddpm_num_steps}; "
+                                  f"got {steps}")
+        if not 0 < arguments.beta_start < arguments.beta_end < 1:
+            raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {arguments.beta_start}, {arguments.beta_end}")
+        if arguments.snr_gamma is not None and arguments.snr_gamma <= 0:
+            raise ConfigError(f"--snr_gamma must be positive; got {arguments.snr_gamma}")
+
+
+def diffusers_beta_schedule(model_args) -> str:
+    return "squaredcos_cap_v2" if model_args.ddpm_beta_schedule == "cosine" else model_args.ddpm_beta_schedule
 
 
 def scheduler_config(model_args) -> dict:
@@ -16,7 +69,7 @@ def scheduler_config(model_args) -> dict:
     from models.schedulers import make_betas
 
     config = dict(num_train_timesteps=model_args.ddpm_num_steps, beta_start=model_args.beta_start,
-                  beta_end=model_args.beta_end, beta_schedule=model_args.diffusers_beta_schedule,
+                  beta_end=model_args.beta_end, beta_schedule=diffusers_beta_schedule(model_args),
                   prediction_type=model_args.prediction_type, variance_type=model_args.variance_type,
                   clip_sample=True)
     if model_args.ddpm_beta_schedule == "sigmoid":
@@ -36,67 +89,21 @@ def make_samplers(model_args) -> dict:
             "ddim": (DDIMSampler(**ddim_config), model_args.ddim_num_inference_steps, model_args.ddim_eta)}
 
 
-class DiffusionObjective(Objective):
+class DiffusionObjective(UNetObjective):
     name = "ddpm"
-    validation_names = ("val_loss",)
+    arguments = (UNetArguments, DDPMArguments)
+    pipeline_classes = ("DDPMPipeline", "DDIMPipeline")
+    samplers = DDPM_SAMPLERS
 
-    def __init__(self, data_args, model_args, train_args):
-        super().__init__(data_args, model_args, train_args)
+    def make_loss(self):
         from models.losses import DiffusionLoss
         from models.schedulers import NoiseSchedule
 
-        try:
-            self.unet = self.make_unet()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if train_args.channels_last:
-            self.unet = self.unet.to(memory_format=torch.channels_last)
-        self.networks = {"unet": self.unet}
-        schedule = NoiseSchedule(model_args.ddpm_num_steps, model_args.beta_start, model_args.beta_end,
-                                 model_args.ddpm_beta_schedule, model_args.prediction_type)
-        self.loss = DiffusionLoss(schedule, model_args.snr_gamma)
-        self.ema = None
-        self.compiled = None
+        m = self.model_args
+        schedule = NoiseSchedule(m.ddpm_num_steps, m.beta_start, m.beta_end, m.ddpm_beta_schedule, m.prediction_type)
+        return DiffusionLoss(schedule, m.snr_gamma)
 
-    def make_unet(self):
-        from models.unet import create_unet
-
-        return create_unet(self.model_args.model_config_name_or_path, self.data_args.resolution)
-
-    def describe(self) -> str:
-        return f"UNet2DModel, {sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M parameters"
-
-    def make_optimizer(self, network):
-        args = self.train_args
-        return torch.optim.AdamW(self.trained_parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-                                 fused=self.accelerator.device.type == "cuda")
-
-    def setup(self, accelerator, max_train_steps: int) -> None:
-        from diffusers import UNet2DModel
-        from diffusers.training_utils import EMAModel
-
-        args = self.train_args
-        if args.use_ema:
-            self.ema = EMAModel(self.trained_parameters(), decay=args.ema_max_decay, use_ema_warmup=args.ema_warmup,
-                                inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=True,
-                                model_cls=UNet2DModel, model_config=self.unet.config)
-            self.ema.to(accelerator.device)
-        super().setup(accelerator, max_train_steps)
-        self.unet = self.networks["unet"]
-        self.loss.to(accelerator.device)
-        self.compiled = torch.compile(self.unet) if args.torch_compile else self.unet
-
-    def trained_parameters(self) -> list:
-        """What the optimizer steps, clipping bounds and the EMA averages (the UNet's weights first)."""
-        return list(self.unet.parameters())
-
-    def checkpoint_objects(self) -> dict:
-        if self.ema is None:
-            return {}
-        return {"ema": self.ema}
-
-    def denoiser(self, network, batch: MicroBatch | None = None, training: bool = True):
+    def denoiser(self, network, labels=None):
         """The network as the loss sees it: (x_t, t) -> prediction."""
         channels_last = self.train_args.channels_last
 
@@ -107,60 +114,15 @@ class DiffusionObjective(Objective):
 
         return predict
 
-    def train_step(self, micro_batches) -> dict[str, torch.Tensor]:
-        accelerator, args = self.accelerator, self.train_args
-        optimizer = self.optimizers["unet"]
-        total, count = None, 0
-        for index, batch in enumerate(micro_batches):
-            last = index == args.gradient_accumulation_steps - 1
-            with accelerator.no_sync(self.unet) if not last else contextlib.nullcontext():
-                with accelerator.autocast():
-                    loss = self.loss(self.denoiser(self.compiled, batch), batch.images, batch.generator).mean()
-                accelerator.backward(loss / args.gradient_accumulation_steps)
-            total = loss.detach() if total is None else total + loss.detach()
-            count += 1
-        if args.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(self.trained_parameters(), args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.step(self.trained_parameters())
-        return {"train_loss": total / count}
-
-    @torch.no_grad()
-    def validation_losses(self, images, generator, labels=None):
-        batch = MicroBatch(images, generator, labels)
-        with self.accelerator.autocast():
-            return {"val_loss": self.loss(self.denoiser(self.unet, batch, training=False), images, generator).mean()}
-
-    def averaged_unet(self):
-        """The weights to sample and export: the EMA if kept, else the trained ones (a copy, eval mode)."""
-        from diffusers import UNet2DModel
-
-        trained = self.accelerator.unwrap_model(self.unet)
-        model = UNet2DModel.from_config(trained.config)
-        model.load_state_dict(trained.state_dict())
-        if self.ema is not None:
-            self.ema.copy_to(model.parameters())
-        return model.to(self.accelerator.device).eval()
-
-    @torch.no_grad()
-    def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
-        from smallgen.sampling import sample_images
-
-        model = self.averaged_unet()
-        if self.train_args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return {name: sample_images(model, sampler, num_images, steps, seed=seed,
-                                    batch_size=self.train_args.eval_batch_size, eta=eta,
-                                    channels_last=self.train_args.channels_last)
-                for name, (sampler, steps, eta) in make_samplers(self.model_args).items()}
+    def grid_samplers(self) -> dict:
+        return make_samplers(self.model_args)
 
     def export(self, output_dir: str) -> ModelCardText:
-        from smallgen.export import save_ddpm_pipeline
+        from diffusers import DDPMPipeline, DDPMScheduler
 
         config = scheduler_config(self.model_args)
-        save_ddpm_pipeline(self.averaged_unet().to("cpu"), config, output_dir)
+        pipeline = DDPMPipeline(unet=self.averaged_unet().to("cpu"), scheduler=DDPMScheduler(**config))
+        pipeline.save_pretrained(output_dir, safe_serialization=True)
         m = self.model_args
         return ModelCardText(
             description=(f"A DDPM ({m.ddpm_beta_schedule} schedule, T = {m.ddpm_num_steps}, {m.prediction_type} "

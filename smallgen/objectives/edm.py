@@ -1,45 +1,63 @@
 """``--model_type edm``: a diffusers UNet2DModel trained with the EDM formulation (Karras et al.
 2022: preconditioning, log-normal noise levels, their loss weighting), exported as an EDMPipeline
-with diffusers' EDMEulerScheduler. The math is in ``models/edm.py``; everything else (EMA,
-checkpoints, exact resume, grids) is the ddpm objective's.
+with diffusers' EDMEulerScheduler. The math is in ``models/edm.py``; the UNet, EMA and
+accumulation are ``unet_base.py``'s.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from models.edm import P_MEAN, P_STD, SIGMA_DATA
+from smallgen.arguments import flag
 from smallgen.errors import ConfigError
-from smallgen.objectives.base import MicroBatch, ModelCardText
-from smallgen.objectives.diffusion import DiffusionObjective
+from smallgen.objectives.base import ModelCardText
+from smallgen.objectives.unet_base import UNetArguments, UNetObjective
 
 # diffusers' EDM scheduler settings: the paper's noise range and Karras sigma spacing.
 EDM_SCHEDULER = dict(sigma_min=0.002, sigma_max=80.0, rho=7.0, prediction_type="epsilon", sigma_schedule="karras")
 
 
-class EDMObjective(DiffusionObjective):
-    name = "edm"
+@dataclass
+class EDMArguments:
+    """EDM's training noise-level distribution: ln(sigma) ~ N(P_mean, P_std^2)."""
 
-    def __init__(self, data_args, model_args, train_args):
-        super().__init__(data_args, model_args, train_args)
-        from models.edm import SIGMA_DATA, EDMLoss, EDMPreconditioning
+    edm_p_mean: float = flag(P_MEAN, "Mean of ln(sigma) at training (Karras et al.'s -1.2; lower: lower noise).",
+                             group="edm")
+    edm_p_std: float = flag(P_STD, "Standard deviation of ln(sigma) at training.", group="edm")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if arguments.edm_p_std <= 0:
+            raise ConfigError(f"--edm_p_std must be positive; got {arguments.edm_p_std}")
+
+
+class EDMObjective(UNetObjective):
+    name = "edm"
+    arguments = (UNetArguments, EDMArguments)
+    pipeline_classes = ("EDMPipeline",)
+    # evaluate_fid.py --scheduler: diffusers' EDM schedulers and our EDM Heun (2 evaluations a step but the last)
+    samplers = {"edm-euler": ("diffusers:EDMEulerScheduler", {}),
+                "edm-dpmsolver": ("diffusers:EDMDPMSolverMultistepScheduler", {}),
+                "edm-heun": ("pipelines.pipeline_edm:EDMHeunScheduler", {})}
+
+    def __init__(self, data_args, model_args, train_args, labels=None):
+        from models.edm import EDMPreconditioning
 
         self.preconditioning = EDMPreconditioning(SIGMA_DATA)
-        self.loss = EDMLoss(p_mean=model_args.edm_p_mean, p_std=model_args.edm_p_std, sigma_data=SIGMA_DATA)
+        super().__init__(data_args, model_args, train_args, labels)
 
-    def check_arguments(self) -> None:
-        super().check_arguments()
-        m = self.model_args
-        if m.snr_gamma is not None:
-            raise ConfigError("--snr_gamma applies to ddpm: edm weights its loss by the noise level itself")
-        if m.prediction_type != "epsilon":
-            raise ConfigError("--prediction_type applies to ddpm: edm's network output is fixed by its preconditioning")
+    def make_loss(self):
+        from models.edm import EDMLoss
+
+        return EDMLoss(p_mean=self.model_args.edm_p_mean, p_std=self.model_args.edm_p_std, sigma_data=SIGMA_DATA)
 
     def scheduler_config(self) -> dict:
-        from models.edm import SIGMA_DATA
-
         return {**EDM_SCHEDULER, "sigma_data": SIGMA_DATA}
 
-    def denoiser(self, network, batch: MicroBatch | None = None, training: bool = True):
+    def denoiser(self, network, labels=None):
         """The network as the loss sees it: (x, sigma) -> D(x; sigma)."""
         channels_last = self.train_args.channels_last
 
@@ -50,22 +68,13 @@ class EDMObjective(DiffusionObjective):
 
         return lambda noisy, sigma: self.preconditioning.denoise(raw, noisy, sigma)
 
-    def samplers(self) -> dict:
-        """{name: scheduler} for the sample grids: diffusers' EDM Euler and DPM-Solver++ (2M)."""
+    def grid_samplers(self) -> dict:
+        """diffusers' EDM Euler and DPM-Solver++ (2M), --ddim_num_inference_steps each."""
         from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-        config = self.scheduler_config()
-        return {"edm_euler": EDMEulerScheduler(**config), "edm_dpmsolver": EDMDPMSolverMultistepScheduler(**config)}
-
-    @torch.no_grad()
-    def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
-        from smallgen.sampling import sample_images
-
-        model = self.averaged_unet()
-        steps = self.model_args.ddim_num_inference_steps
-        return {name: sample_images(model, scheduler, num_images, steps, seed=seed,
-                                    batch_size=self.train_args.eval_batch_size)
-                for name, scheduler in self.samplers().items()}
+        config, steps = self.scheduler_config(), self.model_args.ddim_num_inference_steps
+        return {"edm_euler": (EDMEulerScheduler(**config), steps, None),
+                "edm_dpmsolver": (EDMDPMSolverMultistepScheduler(**config), steps, None)}
 
     def export(self, output_dir: str) -> ModelCardText:
         from diffusers import EDMEulerScheduler

@@ -1,0 +1,169 @@
+"""What the UNet model types (ddpm, edm, flow, ...) share: one diffusers ``UNet2DModel`` (from
+``--model_config_name_or_path``), AdamW over its weights, gradient accumulation, an optional EMA
+(diffusers' EMAModel), validation with the training loss, and sample grids drawn with the model
+type's samplers. A subclass says what its loss is (``make_loss``, the math in ``models/``), how
+the loss sees the network (``denoiser``), which samplers draw its grids and how it is exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from smallgen.arguments import flag
+from smallgen.errors import ConfigError
+from smallgen.objectives.base import MicroBatch, Objective
+
+
+@dataclass
+class UNetArguments:
+    """The flags of every UNet model type."""
+
+    model_config_name_or_path: str | None = flag(
+        None, "UNet config: a JSON file, a name in configs/models/, or a pipeline folder. "
+              "Unset: unet-sprites16 at <= 16 px, else unet-small-cifar10.", group="model")
+    ddim_num_inference_steps: int = flag(
+        50, "Steps of the sample grids' fast samplers (ddpm: DDIM; edm and flow: each of their samplers).",
+        group="sampling (grids)")
+
+    @staticmethod
+    def check(arguments, objective) -> None:
+        if arguments.ddim_num_inference_steps < 1:
+            raise ConfigError(f"--ddim_num_inference_steps must be at least 1; got {arguments.ddim_num_inference_steps}")
+
+
+class UNetObjective(Objective):
+    arguments = (UNetArguments,)
+    validation_names = ("val_loss",)
+
+    def __init__(self, data_args, model_args, train_args, labels=None):
+        super().__init__(data_args, model_args, train_args, labels)
+        self.unet = self.networks["unet"]
+        self.loss = self.make_loss()
+        self.ema = None
+        self.compiled = None
+
+    @classmethod
+    def check_arguments(cls, data_args, model_args, train_args) -> None:
+        """The UNet config must exist and fit the resolution (read, not built: before any data loads)."""
+        from models.unet import load_unet_config
+
+        try:
+            load_unet_config(model_args.model_config_name_or_path, data_args.resolution)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def build_networks(self) -> dict[str, torch.nn.Module]:
+        try:
+            unet = self.make_unet()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.train_args.channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        return {"unet": unet}
+
+    def make_unet(self, **condition):
+        from models.unet import create_unet
+
+        return create_unet(self.model_args.model_config_name_or_path, self.data_args.resolution, **condition)
+
+    def make_loss(self):
+        """The loss object: ``loss(denoiser, images, generator) -> per-image loss``."""
+        raise NotImplementedError
+
+    def denoiser(self, network, labels: torch.Tensor | None = None):
+        """The network as the loss sees it (e.g. ``(x_t, t) -> prediction``)."""
+        raise NotImplementedError
+
+    def training_labels(self, batch: MicroBatch) -> torch.Tensor | None:
+        """What the network is conditioned on in a training step (nothing: unconditional)."""
+        return None
+
+    def describe(self) -> str:
+        return f"UNet2DModel, {sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M parameters"
+
+    # ------------------------------------------------------------------ training
+
+    def make_optimizers(self):
+        args = self.train_args
+        return {"unet": torch.optim.AdamW(self.trained_parameters(), lr=args.learning_rate,
+                                          betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                                          eps=args.adam_epsilon, fused=self.accelerator.device.type == "cuda")}
+
+    def setup(self, accelerator, max_train_steps: int) -> None:
+        from diffusers import UNet2DModel
+        from diffusers.training_utils import EMAModel
+
+        args = self.train_args
+        if args.use_ema:
+            self.ema = EMAModel(self.trained_parameters(), decay=args.ema_max_decay, use_ema_warmup=args.ema_warmup,
+                                inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=True,
+                                model_cls=UNet2DModel, model_config=self.unet.config)
+            self.ema.to(accelerator.device)
+        super().setup(accelerator, max_train_steps)
+        self.unet = self.networks["unet"]
+        self.loss.to(accelerator.device)
+        self.compiled = torch.compile(self.unet) if args.torch_compile else self.unet
+
+    def trained_parameters(self) -> list:
+        """What the optimizer steps, clipping bounds and the EMA averages (the UNet's weights first)."""
+        return list(self.unet.parameters())
+
+    def checkpoint_objects(self) -> dict:
+        return {} if self.ema is None else {"ema": self.ema}
+
+    def train_step(self, micro_batches) -> dict[str, torch.Tensor]:
+        accelerator, args = self.accelerator, self.train_args
+        optimizer = self.optimizers["unet"]
+        total = None
+        for index, batch in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with accelerator.no_sync(self.unet) if not last else contextlib.nullcontext():
+                with accelerator.autocast():
+                    denoiser = self.denoiser(self.compiled, self.training_labels(batch))
+                    loss = self.loss(denoiser, batch.images, batch.generator).mean()
+                accelerator.backward(loss / len(micro_batches))
+            total = loss.detach() if total is None else total + loss.detach()
+        if args.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(self.trained_parameters(), args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.trained_parameters())
+        return {"train_loss": total / len(micro_batches)}
+
+    @torch.no_grad()
+    def validation_losses(self, images, generator, labels=None):
+        with self.accelerator.autocast():
+            return {"val_loss": self.loss(self.denoiser(self.unet, labels), images, generator).mean()}
+
+    # ------------------------------------------------------------------ sampling and export
+
+    def averaged_unet(self):
+        """The weights to sample and export: the EMA if kept, else the trained ones (a copy, eval mode)."""
+        from diffusers import UNet2DModel
+
+        trained = self.accelerator.unwrap_model(self.unet)
+        model = UNet2DModel.from_config(trained.config)
+        model.load_state_dict(trained.state_dict())
+        if self.ema is not None:
+            self.ema.copy_to(model.parameters())
+        return model.to(self.accelerator.device).eval()
+
+    def grid_samplers(self) -> dict:
+        """{grid name: (scheduler, steps, eta or None)} for the sample grids."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
+        from smallgen.sampling import sample_images
+
+        channels_last = self.train_args.channels_last
+        model = self.averaged_unet()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return {name: sample_images(model, scheduler, num_images, steps, seed=seed, eta=eta,
+                                    batch_size=self.train_args.eval_batch_size, channels_last=channels_last)
+                for name, (scheduler, steps, eta) in self.grid_samplers().items()}
