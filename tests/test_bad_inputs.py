@@ -8,7 +8,7 @@ from PIL import Image
 from smallgen.config import DataArguments
 from smallgen.data import decode_to_uint8, load_image_datasets
 from smallgen.errors import ConfigError, DataError, UserError
-from tests.test_training import _script, _snapshot, run_training, tiny_args
+from tests.helpers import run_training, script, snapshot, tiny_args
 
 
 def image_folder(path, extra=None, count=12):
@@ -39,7 +39,7 @@ def test_unreadable_files_stop_with_their_name(tmp_path, tiny_unet_config, name,
 
 def test_an_unreadable_file_is_one_line_from_the_command_line(tmp_path, tiny_unet_config):
     folder = image_folder(tmp_path / "data", lambda d: (d / "empty.png").write_bytes(b""))
-    result = _script("train_unconditional.py", *tiny_args(folder, tiny_unet_config, tmp_path / "out", max_train_steps=1))
+    result = script("train_unconditional.py", *tiny_args(folder, tiny_unet_config, tmp_path / "out", max_train_steps=1))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: row ")
     assert "empty.png" in result.stderr.strip().splitlines()[-1] and not (tmp_path / "out").exists()
@@ -118,7 +118,7 @@ def test_a_resolution_the_unet_cannot_take(tmp_path, tiny_unet_config):
 def test_a_recipe_value_of_the_wrong_type(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("learning_rate: fast\n")
-    result = _script("train_unconditional.py", "--config", recipe, "--output_dir", tmp_path / "out")
+    result = script("train_unconditional.py", "--config", recipe, "--output_dir", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {recipe}: learning_rate must be a number; got 'fast'"]
     recipe.write_text("learning_rate: 1e-4\nresolution: 16.5\n")  # 1e-4 (YAML text) is a number; 16.5 is no int
@@ -133,9 +133,9 @@ def test_a_recipe_value_of_the_wrong_type(tmp_path):
 def test_a_checkpoint_of_another_kind_of_run_is_refused(sprites_dir, tiny_unet_config, tmp_path, other):
     out = tmp_path / "run"
     run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=2, checkpointing_steps=2))
-    before = _snapshot(out)
+    before = snapshot(out)
     what = "model_type 'ddpm' there, 'vae' here" if "model_type" in other else "resolution 16 there, 8 here"
     with pytest.raises(UserError, match=f"checkpoint-2 belongs to another kind of run: {what}"):
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=4,
                                resume_from_checkpoint=out / "checkpoint-2", **other))
-    assert _snapshot(out) == before
+    assert snapshot(out) == before

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from models.baselines import ConvDecoder, ConvDiscriminator, ConvVAE
 from smallgen.errors import ConfigError
 from tests.conftest import ROOT, run_without_this_project
-from tests.test_training import run_training, tiny_args
+from tests.helpers import run_training, tiny_args
 
 
 def baseline_args(data_dir, output_dir, model_type, **overrides):

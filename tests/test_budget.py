@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from smallgen import budget
 from tests.conftest import ROOT
-from tests.test_training import run_training, tiny_args
+from tests.helpers import run_training, tiny_args
 
 BASELINE = dict(model_config_name_or_path=None, base_channels=8, latent_dim=16, adam_beta1=0.5)
 
@@ -108,13 +108,25 @@ def test_accelerate_launch_trains_on_every_core(sprites_dir, tiny_unet_config, t
 
 def test_two_processes_agree_on_the_timing_and_the_step_count(sprites_dir, tiny_unet_config, tmp_path):
     """Every process runs the same timing steps (each step all-reduces gradients) and gets one count."""
-    from tests.test_training import _launch_two_processes
+    from tests.helpers import launch_two_processes
 
     argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "ddp", max_train_minutes=0.02, train_batch_size=4,
                      use_ema=True)
-    result = _launch_two_processes(argv, timeout=300)
+    result = launch_two_processes(argv, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = [line for line in result.stdout.splitlines() if line.startswith("time budget")]
     assert len(planned) == 1  # printed by the main process
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["num_processes"] == 2 and f"{results['global_step']} optimizer steps" in planned[0]
+
+
+def test_the_budgeted_step_count_reaches_the_lr_schedule(sprites_dir, tiny_unet_config, tmp_path):
+    """Without --max_train_steps the first plan is 100 epochs (400 steps); the budget's few steps must be what the
+    cosine schedule spans, so the lr has decayed to 0 at the budget's last step."""
+    out = tmp_path / "run"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_minutes=0.05, lr_warmup_steps=0,
+                                     checkpointing_steps=None))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert results["global_step"] < 400 and len(lrs) == results["global_step"]
+    assert lrs[0] > 1e-4 and lrs[-1] < 1e-9, (lrs[0], lrs[-1])

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from smallgen.data import SPRITES_IMAGES_FILE
 from smallgen.testing import write_sprites_npy
 from tests.conftest import write_tiny_unet_config
-from tests.test_training import run_training, tiny_args
+from tests.helpers import run_training, tiny_args
 
 TINIEST_LR = 1e-20  # an "update" this small leaves float32 weights unchanged: every step sees the same network
 
@@ -340,3 +340,18 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_latest(sprites_dir,
                            resume_from_checkpoint="latest"))
     assert [p.name for p in list_checkpoints(str(out))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert not list(out.glob("*.tmp"))
+
+
+def test_the_reference_subset_is_drawn_with_reference_seed(sample_cifar10, tmp_path):
+    from smallgen.evaluation import EvaluationArguments, load_reference, reference_indices
+
+    def indices(seed):
+        args = EvaluationArguments(samples_dir=str(tmp_path), dataset_name=sample_cifar10, resolution=16,
+                                   num_reference=20, reference_seed=seed)
+        reference, _, _ = load_reference(args)
+        return reference.indices
+
+    total = len(load_reference(EvaluationArguments(samples_dir=str(tmp_path), dataset_name=sample_cifar10,
+                                                   resolution=16))[0])
+    assert list(indices(1)) == list(reference_indices(total, 20, 1))
+    assert list(indices(1)) != list(indices(2))

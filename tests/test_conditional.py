@@ -8,31 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, run_without_this_project
-from tests.test_training import run_training, tiny_args
-
-
-def red_and_blue(folder, count=64, size=8, seed=0):
-    """A parquet of mostly-red (class 0, 'red') and mostly-blue (class 1, 'blue') noisy images."""
-    import io
-
-    import datasets
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for i in range(count):
-        label = i % 2
-        pixels = rng.integers(0, 60, (size, size, 3))
-        pixels[..., 0 if label == 0 else 2] += 180
-        buffer = io.BytesIO()
-        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
-        images.append({"bytes": buffer.getvalue(), "path": None})
-        labels.append(label)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "blue"])})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "train.parquet"
-    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
-    return path
+from tests.helpers import red_and_blue, run_training, tiny_args
 
 
 @pytest.fixture(scope="module")

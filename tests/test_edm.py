@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from models.edm import EDMLoss, EDMPreconditioning
 from smallgen.errors import ConfigError
 from tests.conftest import run_without_this_project
-from tests.test_training import run_training, tiny_args
+from tests.helpers import run_training, tiny_args
 
 
 def edm_scheduler(kind="euler"):

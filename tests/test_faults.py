@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from smallgen.checkpoints import list_checkpoints
 from tests.conftest import ROOT
-from tests.test_training import run_training, tiny_args
+from tests.helpers import run_training, tiny_args
 
 CONSTANT_LR = dict(lr_scheduler="constant", lr_warmup_steps=0)
 
@@ -147,3 +147,18 @@ def test_latest_skips_a_truncated_newest_checkpoint(sprites_dir, tiny_unet_confi
         resolve_resume_checkpoint(str(out / "checkpoint-4"), str(out))
     (out / "checkpoint-2" / "training_state.json").unlink()  # and a checkpoint missing its JSON is no checkpoint
     assert resolve_resume_checkpoint("latest", str(out)) is None
+
+
+def test_a_run_that_fails_releases_its_lock(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    from smallgen.checkpoints import LOCK_FILE
+    from smallgen.errors import UserError
+    from smallgen.trainer import Trainer
+
+    def fail(self, epoch):
+        raise UserError("failed at the end of an epoch")
+
+    monkeypatch.setattr(Trainer, "end_epoch", fail)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="failed at the end of an epoch"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=2, checkpointing_steps=1))
+    assert (out / "checkpoint-1").exists() and not (out / LOCK_FILE).exists()

@@ -17,7 +17,7 @@ from smallgen.plots import (
     reverse_process,
 )
 from tests.conftest import ROOT
-from tests.test_training import run_training, tiny_args
+from tests.helpers import run_training, tiny_args
 
 
 def size(path):

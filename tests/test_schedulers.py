@@ -301,3 +301,17 @@ def test_a_steps_offset_past_the_schedule_is_refused_with_a_message():
     with pytest.raises(UserError, match="--num_inference_steps 100 cannot work with this pipeline's scheduler"):
         check_sampler_steps(DDIMScheduler(num_train_timesteps=100, steps_offset=1), 100)
     check_sampler_steps(DDIMScheduler(num_train_timesteps=100, steps_offset=1), 99)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_per_prediction_type(prediction_type):
+    """Hang et al.'s min(SNR, gamma) weight, divided by SNR for epsilon and by SNR + 1 for v."""
+    from models.losses import DiffusionLoss
+
+    schedule = NoiseSchedule(prediction_type=prediction_type)
+    t = torch.tensor([0, 10, 100, 500, 999])
+    snr = schedule.snr(t)
+    clipped = snr.clamp(max=5.0)
+    expected = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[prediction_type]
+    assert torch.allclose(DiffusionLoss(schedule, snr_gamma=5.0).weights(t), expected)
+    assert DiffusionLoss(schedule).weights(t) is None

@@ -1,0 +1,131 @@
+"""What the tests share: running training in-process or as scripts, tiny runs' flags, two-process
+launches, checkpoint comparisons and small generated data sets."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+
+def run_training(argv):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator per run, as in a fresh process
+    from smallgen.config import parse_args
+    from smallgen.trainer import train
+
+    return train(*parse_args([str(a) for a in argv]))  # UserErrors propagate (main() turns them into exit 2)
+
+
+def ema_weights(checkpoint):
+    """The EMA weights stored in a checkpoint, in the network's parameter order."""
+    tensors = load_file(checkpoint / "training_state.safetensors")
+    keys = sorted((k for k in tensors if k.startswith("ema.shadow_params.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    return [tensors[k] for k in keys]
+
+
+def tiny_args(data_dir, config, output_dir, **overrides):
+    """Flags of a tiny run (seconds): the UNet ones with a UNet ``config``, the DDPM ones for ddpm."""
+    args = {
+        "train_data_dir": data_dir, "resolution": 16, "validation_fraction": 0.25, "output_dir": output_dir,
+        "train_batch_size": 8, "eval_batch_size": 8, "num_sample_images": 4, "learning_rate": 1e-3,
+        "lr_warmup_steps": 2, "logging_steps": 1, "logger": "none", "save_images_epochs": 100, "seed": 7,
+    }
+    if config is not None and overrides.get("model_config_name_or_path", config) is not None:
+        args.update(model_config_name_or_path=config, ddim_num_inference_steps=3)
+    if overrides.get("model_type", "ddpm") == "ddpm":
+        args.update(ddpm_num_steps=100, ddpm_num_inference_steps=5)
+    args.update(overrides)
+    argv = []
+    for key, value in args.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif value is not False and value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def script(*args, env=None, timeout=300):
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def snapshot(folder):
+    """Every file's bytes under ``folder`` (paths relative to it)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def launch_two_processes(argv, timeout=600):
+    """Two real CPU processes (gloo): ``--cpu`` alone would start only one."""
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         "train_unconditional.py", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
+    )
+
+
+def assert_same_checkpoint(a, b):
+    """Every tensor of every safetensors file of checkpoint ``a`` equals ``b``'s, bit for bit."""
+    import torch
+
+    names = sorted(p.name for p in a.glob("*.safetensors"))
+    assert names and names == sorted(p.name for p in b.glob("*.safetensors"))
+    for name in names:
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def kill_9_then_resume(argv_for, tmp_path, last_step):
+    """Train straight; train again, SIGKILL it after its first checkpoint, resume with 'latest'; the two
+    runs' last checkpoints must be identical. ``argv_for(output_dir, **flags)`` gives the flags."""
+    import signal
+    import time
+
+    from smallgen.checkpoints import list_checkpoints
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_training(argv_for(straight))
+    process = subprocess.Popen([sys.executable, "train_unconditional.py", *map(str, argv_for(killed))], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list_checkpoints(str(killed)) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = list_checkpoints(str(killed))
+    assert done and int(done[-1].name.split("-")[1]) < last_step, "killed before the end, after a checkpoint"
+    assert not (killed / "model_index.json").exists()
+    run_training(argv_for(killed, resume_from_checkpoint="latest"))
+    assert_same_checkpoint(straight / f"checkpoint-{last_step}", killed / f"checkpoint-{last_step}")
+
+
+def red_and_blue(folder, count=64, size=8, seed=0):
+    """A parquet of mostly-red (class 0, 'red') and mostly-blue (class 1, 'blue') noisy images."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(count):
+        label = i % 2
+        pixels = rng.integers(0, 60, (size, size, 3))
+        pixels[..., 0 if label == 0 else 2] += 180
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+        labels.append(label)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "blue"])})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.parquet"
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
+    return path

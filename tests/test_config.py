@@ -1,0 +1,120 @@
+"""Flags and recipes: parsing, checks, --help, one-line errors (smallgen/config.py and the registry)."""
+
+
+import pytest
+import torch
+
+from smallgen.errors import ConfigError
+from tests.conftest import ROOT
+from tests.helpers import script
+
+
+def test_config_file_and_flag_errors(tmp_path, sprites_dir):
+    from smallgen.config import parse_args
+
+    good = tmp_path / "good.yaml"
+    good.write_text("train_data_dir: x\nlearning_rate: 1e-4\nddpm_beta_schedule: cosine\nuse_ema: true\n")
+    data_args, diffusion_args, train_args = parse_args(["--config", str(good), "--learning_rate", "3e-4"])
+    assert train_args.learning_rate == 3e-4 and train_args.use_ema is True  # the flag beats the file
+    from smallgen.objectives.diffusion import diffusers_beta_schedule
+
+    assert diffusers_beta_schedule(diffusion_args) == "squaredcos_cap_v2" and data_args.train_data_dir == "x"
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("learning_rate: 1e-4\nlearnig_rate: 2e-4\n")
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) in .*: learnig_rate. Valid keys: .*learning_rate"):
+        parse_args(["--config", str(unknown)])
+    bad_value = tmp_path / "bad.yaml"
+    bad_value.write_text("ddpm_beta_schedule: cosine_v3\n")
+    with pytest.raises(ConfigError, match="--ddpm_beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2"):
+        parse_args(["--config", str(bad_value)])
+    token = tmp_path / "token.yaml"
+    token.write_text("hub_token: hf_secret\n")
+    with pytest.raises(ConfigError, match="keep tokens out of files"):
+        parse_args(["--config", str(token)])
+    with pytest.raises(ConfigError, match="unknown argument\\(s\\): --learnig_rate"):
+        parse_args(["--learnig_rate", "1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigError, match="--ddim_num_inference_steps must be between 1 and --ddpm_num_steps=100"):
+        parse_args(["--ddpm_num_steps", "100", "--ddim_num_inference_steps", "200", "--ddpm_num_inference_steps", "100"])
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ddpm_beta_schedule: cosine_v3\n")
+    result = script("train_unconditional.py", "--config", bad)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --ddpm_beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2, cosine, sigmoid; "
+        "got 'cosine_v3'"
+    ]
+    missing = script("train_unconditional.py", "--dataset_name", "./no/such/data", "--output_dir", tmp_path / "o")
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
+        "error: dataset path './no/such/data' does not exist")
+    assert "Traceback" not in missing.stderr
+    choice = script("train_unconditional.py", "--mixed_precision", "fp8")
+    assert choice.returncode == 2 and "invalid choice: 'fp8'" in choice.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_recipe_parses_and_builds_its_network(recipe):
+    from models.unet import create_unet
+    from smallgen.config import parse_args
+
+    data_args, diffusion_args, train_args = parse_args(["--config", str(ROOT / "configs" / recipe)])
+    from smallgen.data import Labels
+    from smallgen.trainer import build_objective
+
+    labels = Labels(torch.arange(10), [f"class {i}" for i in range(10)]) if diffusion_args.class_conditional else None
+    objective = build_objective(data_args, diffusion_args, train_args, labels)  # every check, no file touched
+    assert all(sum(p.numel() for p in n.parameters()) > 1e5 for n in objective.networks.values())
+    if diffusion_args.model_type != "ddpm":
+        return
+    unet = create_unet(diffusion_args.model_config_name_or_path, data_args.resolution)
+    assert unet.config.sample_size == data_args.resolution
+    if recipe == "cifar10-ddpm-paper.yaml":
+        assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 35.7
+        assert (train_args.learning_rate, train_args.lr_warmup_steps, train_args.ema_max_decay) == (2e-4, 5000, 0.9999)
+
+
+def test_missing_unet_config_is_one_clear_line(tmp_path):
+    result = script("train_unconditional.py", "--model_config_name_or_path", "configs/models/nope.json",
+                     "--output_dir", tmp_path / "o")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the UNet config 'configs/models/nope.json' does not exist (a JSON file, a name in configs/models/, "
+        "a pipeline folder or a Hub id)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_is_a_manual():
+    from smallgen.config import build_parser, help_groups
+
+    parser = build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 60
+    missing = [a.dest for a in flags if not (a.help or "").strip()]
+    assert not missing, f"flags without a help text: {missing}"
+    text = parser.format_help()
+    assert "``" not in text
+    first_flags = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
+    assert first_flags[0] == "--config"
+    titles = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["options", *help_groups()], titles
+    assert {"ddpm", "edm", "baselines"} <= set(help_groups())  # each model type's flags in its own
+    general = parser._optionals._group_actions
+    assert [a.dest for a in general] == ["help", "config"]  # every other flag sits in a group
+    for action in flags:  # the default is stated once: by the formatter or by the help text itself
+        shown = parser._get_formatter()._expand_help(action)
+        assert shown.lower().count("default") <= 1, shown
+
+
+def test_a_recipe_value_can_be_cleared(tmp_path):
+    from smallgen.config import parse_args
+
+    data_args, _, _ = parse_args(["--config", str(ROOT / "configs/quickstart.yaml"), "--dataset_name", "none",
+                                  "--train_data_dir", str(tmp_path)])
+    assert data_args.dataset_name is None and data_args.train_data_dir == str(tmp_path)
+    recipe_value = parse_args(["--config", str(ROOT / "configs/quickstart.yaml")])[0].dataset_name
+    assert recipe_value is not None  # the recipe does set it
