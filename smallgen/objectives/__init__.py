@@ -20,6 +20,7 @@ OBJECTIVES = {
     "ddpm": "smallgen.objectives.diffusion:DiffusionObjective",
     "ddpm+class": "smallgen.objectives.conditional:ClassConditionalObjective",  # --class_conditional
     "edm": "smallgen.objectives.edm:EDMObjective",
+    "flow": "smallgen.objectives.flow:FlowObjective",
     "vae": "smallgen.objectives.baselines:VAEObjective",
     "dcgan": "smallgen.objectives.baselines:DCGANObjective",
     "vaegan": "smallgen.objectives.baselines:VAEGANObjective",

@@ -1,0 +1,201 @@
+"""--model_type flow: the loss is straight-path velocity matching at the chosen times, sampling is a
+written-out Euler (and Heun) integration of the ODE, training resumes exactly (also after kill -9 and
+under two processes), the FlowMatchPipeline loads both ways, and a two-colour toy set is learned."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models.flow import FlowMatchingLoss
+from smallgen.errors import ConfigError
+from tests.conftest import ROOT, run_without_this_project
+from tests.helpers import (
+    assert_same_checkpoint,
+    kill_9_then_resume,
+    launch_two_processes,
+    red_and_blue,
+    run_training,
+    tiny_args,
+)
+
+
+def test_the_loss_draws_noise_then_times_and_matches_the_velocity():
+    """|v - (n - x)|^2 per image at x_t = (1 - t) x + t n, checked with a velocity that returns 0."""
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    seen = {}
+
+    def zero_velocity(noisy, t):
+        seen["noisy"], seen["t"] = noisy, t
+        return torch.zeros_like(noisy)
+
+    per_image = FlowMatchingLoss("uniform")(zero_velocity, images, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(images.shape, generator=generator)
+    t = torch.rand((4,), generator=generator)
+    assert torch.allclose(seen["t"], t)
+    assert torch.allclose(seen["noisy"], (1 - t.view(-1, 1, 1, 1)) * images + t.view(-1, 1, 1, 1) * noise)
+    assert torch.allclose(per_image, (noise - images).pow(2).mean(dim=(1, 2, 3)), rtol=1e-5)
+
+
+def test_logit_normal_times_are_a_sigmoid_of_a_normal():
+    loss = FlowMatchingLoss("logit_normal", logit_mean=-0.5, logit_std=0.7)
+    times = loss.sample_times(5, torch.Generator().manual_seed(1), "cpu")
+    expected = torch.sigmoid(torch.normal(-0.5, 0.7, (5,), generator=torch.Generator().manual_seed(1)))
+    assert torch.allclose(times, expected)
+    uniform = FlowMatchingLoss("uniform").sample_times(20000, torch.Generator().manual_seed(0), "cpu")
+    many = loss.sample_times(20000, torch.Generator().manual_seed(0), "cpu")
+    assert abs(uniform.mean() - 0.5) < 0.01 and many.mean() < 0.45 and many.std() < uniform.std()
+    with pytest.raises(ValueError, match="density must be one of"):
+        FlowMatchingLoss("beta")
+
+
+def _noise(count=3, size=8):
+    from smallgen.seeding import image_generators
+
+    return torch.cat([torch.randn((1, 3, size, size), generator=g)
+                      for g in image_generators(2, range(count), torch.device("cpu"))])
+
+
+def _velocity(unet):
+    def velocity(x, sigma):
+        with torch.no_grad():
+            return unet(x, sigma * 1000).sample
+
+    return velocity
+
+
+def test_sampling_is_a_written_out_euler_integration_of_the_ode(tiny_unet):
+    """The pipeline and evaluate_fid's loop both integrate dx/dt = v from t = 1 to 0 with Euler steps
+    on diffusers' time grid; Heun is the trapezoidal rule between the same times (2N - 1 calls)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+    from pipelines.pipeline_flow import FlowMatchPipeline
+    from smallgen.evaluation import make_scheduler, network_evaluations
+    from smallgen.sampling import sample_images, to_uint8
+    from smallgen.seeding import image_generators
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(5)
+    times, velocity, x = scheduler.sigmas, _velocity(tiny_unet), _noise()
+    assert times[0] == 1 and times[-1] == 0 and len(times) == 6
+    for i in range(5):
+        x = x + (times[i + 1] - times[i]) * velocity(x, times[i])
+    pipe = FlowMatchPipeline(unet=tiny_unet, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=3, generator=image_generators(2, range(3), torch.device("cpu")), num_inference_steps=5,
+                  output_type="pt").images
+    assert torch.allclose(images, (x / 2 + 0.5).clamp(0, 1), atol=1e-5)
+    ours = sample_images(tiny_unet, make_scheduler("FlowMatchPipeline", scheduler.config, "flow-euler"), 3, 5, seed=2)
+    assert torch.equal(ours, to_uint8(x))
+
+    heun = make_scheduler("FlowMatchPipeline", scheduler.config, "flow-heun")
+    assert isinstance(heun, FlowMatchHeunDiscreteScheduler) and network_evaluations(heun, 5) == 9
+    x = _noise()
+    for i in range(5):
+        d = velocity(x, times[i])
+        step = x + (times[i + 1] - times[i]) * d
+        if times[i + 1] > 0:
+            step = x + (times[i + 1] - times[i]) * (d + velocity(step, times[i + 1])) / 2
+        x = step
+    assert torch.equal(sample_images(tiny_unet, heun, 3, 5, seed=2), to_uint8(x))
+
+
+def flow_args(data, config, out, **overrides):
+    return tiny_args(data, config, out, model_type="flow", **overrides)
+
+
+def test_flow_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, tmp_path):
+    from pipelines.pipeline_flow import FlowMatchPipeline
+
+    common = dict(max_train_steps=6, checkpointing_steps=3, use_ema=True, random_flip=True,
+                  flow_timestep_density="logit_normal")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    results = run_training(flow_args(sprites_dir, tiny_unet_config, straight, **common))
+    assert np.isfinite(results["train_loss"]) and np.isfinite(results["val_loss"])
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run_training(flow_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest", **common))
+    assert_same_checkpoint(straight / "checkpoint-6", resumed / "checkpoint-6")
+    assert {p.name for p in (straight / "samples").iterdir()} == {"epoch_0001_flow_euler.png",
+                                                                  "epoch_0001_flow_heun.png"}
+    assert json.loads((straight / "model_index.json").read_text())["_class_name"] == ["pipeline_flow",
+                                                                                     "FlowMatchPipeline"]
+    pipeline = FlowMatchPipeline.from_pretrained(straight)
+    assert type(pipeline.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    plain = [torch.Generator().manual_seed(i) for i in range(2)]  # what a machine without smallgen can make
+    images = pipeline(batch_size=2, generator=plain, num_inference_steps=4, output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
+    np.save(tmp_path / "ours.npy", images)
+    code = f"""
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(straight)!r}, trust_remote_code=True)
+generators = [torch.Generator().manual_seed(i) for i in range(2)]
+images = pipe(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
+print(type(pipe).__name__, float(np.abs(images - np.load({str(tmp_path / "ours.npy")!r})).max()))
+"""
+    result = run_without_this_project(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, difference = result.stdout.split()
+    assert name == "FlowMatchPipeline" and float(difference) == 0.0
+
+
+def test_flow_resumes_exactly_after_kill_9(sprites_dir, tiny_unet_config, tmp_path):
+    common = dict(max_train_steps=24, checkpointing_steps=4, checkpoints_total_limit=2, random_flip=True,
+                  logging_steps=10)
+    kill_9_then_resume(lambda out, **more: flow_args(sprites_dir, tiny_unet_config, out, **common, **more),
+                       tmp_path, last_step=24)
+
+
+def test_two_flow_processes_resume_exactly(sprites_dir, tiny_unet_config, tmp_path):
+    common = dict(max_train_steps=6, checkpointing_steps=3, train_batch_size=4, learning_rate=3e-3)
+    straight, resumed = tmp_path / "ddp", tmp_path / "resumed"
+    result = launch_two_processes(flow_args(sprites_dir, tiny_unet_config, straight, **common))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model: flow" in result.stdout and "4 x 2 processes" in result.stdout
+    assert json.loads((straight / "results.json").read_text())["num_processes"] == 2
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    result = launch_two_processes(flow_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest",
+                                            **common))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_checkpoint(straight / "checkpoint-6", resumed / "checkpoint-6")
+
+
+def test_flow_learns_a_two_colour_set(tmp_path):
+    """Trained on red and on blue images, the sampled images are red or blue (both), not a purple mean."""
+    from pipelines.pipeline_flow import FlowMatchPipeline
+
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[32, 64], norm_num_groups=8, dropout=0.0)
+    (tmp_path / "unet.json").write_text(json.dumps(config))
+    data = red_and_blue(tmp_path / "data")
+    out = tmp_path / "run"
+    run_training(tiny_args(None, tmp_path / "unet.json", out, model_type="flow", dataset_name=data, resolution=8,
+                           train_batch_size=16, learning_rate=2e-3, lr_warmup_steps=10, validation_fraction=0.125,
+                           max_train_steps=300, logging_steps=50, checkpointing_steps=300))
+    pipe = FlowMatchPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0), num_inference_steps=10,
+                  output_type="np").images
+    red, green, blue = (images[..., c].mean(axis=(1, 2)) for c in range(3))
+    assert (np.abs(red - blue) > 0.3).all(), (red, blue)  # each image one colour, not both half-way
+    assert (green < 0.35).all(), green
+    assert (red > blue).any() and (blue > red).any(), (red, blue)  # both modes, none dropped
+
+
+def test_flow_flags_are_checked_and_only_flow_takes_them():
+    from smallgen.config import ModelArguments
+
+    assert ModelArguments(model_type="flow", flow_timestep_density="logit_normal").flow_logit_std == 1.0
+    with pytest.raises(ConfigError, match="--flow_timestep_density must be one of uniform, logit_normal, mode"):
+        ModelArguments(model_type="flow", flow_timestep_density="beta")
+    with pytest.raises(ConfigError, match="--flow_logit_std must be positive"):
+        ModelArguments(model_type="flow", flow_logit_std=0.0)
+    with pytest.raises(ConfigError, match="--flow_logit_mean applies to --model_type flow, not edm"):
+        ModelArguments(model_type="edm", flow_logit_mean=0.5)
+    with pytest.raises(ConfigError, match="--ddpm_num_steps applies to --model_type ddpm, not flow"):
+        ModelArguments(model_type="flow", ddpm_num_steps=100)
