@@ -29,6 +29,7 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
     # protocol's) at the protocol's NFE; EDM models take diffusers' EDM schedulers, the first the default.
     "quickstart": ("configs/quickstart.yaml", [], ["edm-dpmsolver", "edm-euler"]),
     "quickstart-ddpm": ("configs/quickstart-ddpm.yaml", []),
+    "quickstart-flow": ("configs/quickstart-flow.yaml", [], ["flow-heun", "flow-euler"]),
     "diffusers-example": ("configs/diffusers-example.yaml", []),
     "vae": ("configs/cifar10-vae.yaml", []),
     "dcgan": ("configs/cifar10-dcgan.yaml", []),
@@ -79,8 +80,9 @@ def train(recipe: str, minutes: float, protocol: Protocol, args, run_dir: Path) 
 
 def is_diffusion(recipe: str) -> bool:
     from smallgen.config import load_config_file
+    from smallgen.objectives import objective_class
 
-    return load_config_file(str(ROOT / RECIPES[recipe][0])).get("model_type", "ddpm") in ("ddpm", "edm")
+    return bool(objective_class(load_config_file(str(ROOT / RECIPES[recipe][0])).get("model_type", "ddpm")).samplers)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class Scoring:
 def evaluate(protocol: Protocol, args, run_dir: Path, scoring: Scoring, name: str) -> dict:
     command = [sys.executable, "evaluate_fid.py", "--pipeline", str(run_dir), "--dataset_name", args.dataset_name,
                "--split", "train", "--resolution", str(protocol.resolution), "--num_samples",
-               str(args.num_samples or protocol.num_samples), "--num_inference_steps", str(protocol.sampler_steps),
+               str(args.num_samples or protocol.num_samples), "--num_inference_steps",
+               str(args.sampler_steps or protocol.sampler_steps),
                "--seed", str(args.seed), "--save_samples", str(run_dir / f"{name}_samples"),
                "--output_json", str(run_dir / f"{name}.json"),
                *(["--num_reference", str(protocol.num_reference)] if protocol.num_reference else []),
@@ -207,6 +210,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
                         help="CIFAR-10 (hub id or local folder) for training and references.")
     parser.add_argument("--num_samples", type=int, help="Override the protocol's (quick checks only).")
+    parser.add_argument("--sampler_steps", type=int, help="Sampling steps of every diffusion row (default: the protocol's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_flag", action="append", default=[],
                         help="An extra flag for every training run (repeat; e.g. --train_flag=--max_train_samples).")

@@ -102,7 +102,7 @@ def test_help_is_a_manual():
     assert first_flags[0] == "--config"
     titles = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert titles == ["options", *help_groups()], titles
-    assert {"ddpm", "edm", "baselines"} <= set(help_groups())  # each model type's flags in its own
+    assert {"ddpm", "edm", "flow", "baselines"} <= set(help_groups())  # each model type's flags in its own
     general = parser._optionals._group_actions
     assert [a.dest for a in general] == ["help", "config"]  # every other flag sits in a group
     for action in flags:  # the default is stated once: by the formatter or by the help text itself
