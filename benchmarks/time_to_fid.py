@@ -210,6 +210,7 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
                         help="CIFAR-10 (hub id or local folder) for training and references.")
     parser.add_argument("--num_samples", type=int, help="Override the protocol's (quick checks only).")
+    parser.add_argument("--samplers", nargs="+", help="Score diffusion rows only with these of their samplers.")
     parser.add_argument("--sampler_steps", type=int, help="Sampling steps of every diffusion row (default: the protocol's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_flag", action="append", default=[],
@@ -236,7 +237,9 @@ def main(argv=None) -> None:
         else:
             print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
             trained = train(recipe, minutes, protocol, args, run_dir)
-        for index, scoring in enumerate(scorings(recipe, protocol, run_dir)):
+        chosen = [s for s in scorings(recipe, protocol, run_dir) if not args.samplers or s.sampler in args.samplers
+                  or s.sampler is None]
+        for index, scoring in enumerate(chosen):
             if scoring.label in done:
                 continue
             print(f"{recipe}, {minutes:g} min: scoring {trained['global_step']} steps, {scoring.label}", flush=True)

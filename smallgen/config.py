@@ -63,7 +63,7 @@ class DataArguments:
 
 @dataclass
 class ModelTypeArguments:
-    model_type: str = flag("ddpm", "What to train: a diffusion model or a baseline.", group="model",
+    model_type: str = flag(MODEL_TYPES[0], "What to train: a diffusion model or a baseline.", group="model",
                            choices=MODEL_TYPES)
 
 
@@ -81,7 +81,7 @@ class ModelArguments(*argument_parts(), ModelTypeArguments):
 class TrainArguments:
     """The optimisation, checkpoints, logging, export and speed."""
 
-    output_dir: str = flag("ddpm-model", "Run folder; becomes the pipeline folder.", group="checkpoints and logging")
+    output_dir: str = flag(f"{MODEL_TYPES[0]}-model", "Run folder; becomes the pipeline folder.", group="checkpoints and logging")
     overwrite_output_dir: bool = flag(False, "Reuse an existing --output_dir.", group="checkpoints and logging")
     seed: int = flag(0, "Seed for weights, data order, noise and samples.", group="optimisation")
     train_batch_size: int = flag(16, "Images per process per micro-batch.", group="optimisation")

@@ -129,3 +129,27 @@ def red_and_blue(folder, count=64, size=8, seed=0):
     path = folder / "train.parquet"
     datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
     return path
+
+
+def assert_same_images_without_this_project(pipeline, folder, tmp_path, class_name, steps=4):
+    """``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` where only diffusers is
+    installed gives ``class_name`` and the same two images as ``pipeline`` for seeds 0 and 1."""
+    import torch
+
+    from tests.conftest import run_without_this_project
+
+    plain = [torch.Generator().manual_seed(i) for i in range(2)]  # what a machine without smallgen can make
+    np.save(tmp_path / "ours.npy", pipeline(batch_size=2, generator=plain, num_inference_steps=steps,
+                                            output_type="np").images)
+    code = f"""
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)
+generators = [torch.Generator().manual_seed(i) for i in range(2)]
+images = pipe(batch_size=2, generator=generators, num_inference_steps={steps}, output_type="np").images
+print(type(pipe).__name__, float(np.abs(images - np.load({str(tmp_path / "ours.npy")!r})).max()))
+"""
+    result = run_without_this_project(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, difference = result.stdout.split()
+    assert name == class_name and float(difference) == 0.0

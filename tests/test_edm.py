@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 
 from models.edm import EDMLoss, EDMPreconditioning
 from smallgen.errors import ConfigError
-from tests.conftest import run_without_this_project
-from tests.helpers import run_training, tiny_args
+from tests.helpers import assert_same_images_without_this_project, run_training, tiny_args
 
 
 def edm_scheduler(kind="euler"):
@@ -146,20 +145,7 @@ def test_edm_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, t
     assert images.shape == (2, 16, 16, 3)
     expected = sample_images(pipeline.unet, edm_scheduler(), 2, 4, seed=0, batch_size=2)  # our loop, same noise
     assert np.abs(images * 255 - expected.permute(0, 2, 3, 1).numpy()).max() <= 0.51
-    plain = [torch.Generator().manual_seed(i) for i in range(2)]  # what a machine without smallgen can make
-    np.save(tmp_path / "ours.npy", pipeline(batch_size=2, generator=plain, num_inference_steps=4, output_type="np").images)
-    code = f"""
-import numpy as np, torch
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained({str(straight)!r}, trust_remote_code=True)
-generators = [torch.Generator().manual_seed(i) for i in range(2)]
-images = pipe(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
-print(type(pipe).__name__, float(np.abs(images - np.load({str(tmp_path / "ours.npy")!r})).max()))
-"""
-    result = run_without_this_project(code, tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    name, difference = result.stdout.split()
-    assert name == "EDMPipeline" and float(difference) == 0.0
+    assert_same_images_without_this_project(pipeline, straight, tmp_path, "EDMPipeline")
 
 
 def test_edm_refuses_ddpm_only_flags(sprites_dir, tiny_unet_config, tmp_path):

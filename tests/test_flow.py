@@ -11,9 +11,10 @@ import torch
 
 from models.flow import FlowMatchingLoss
 from smallgen.errors import ConfigError
-from tests.conftest import ROOT, run_without_this_project
+from tests.conftest import ROOT
 from tests.helpers import (
     assert_same_checkpoint,
+    assert_same_images_without_this_project,
     kill_9_then_resume,
     launch_two_processes,
     red_and_blue,
@@ -125,22 +126,9 @@ def test_flow_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, 
                                                                                      "FlowMatchPipeline"]
     pipeline = FlowMatchPipeline.from_pretrained(straight)
     assert type(pipeline.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
-    plain = [torch.Generator().manual_seed(i) for i in range(2)]  # what a machine without smallgen can make
-    images = pipeline(batch_size=2, generator=plain, num_inference_steps=4, output_type="np").images
+    images = pipeline(batch_size=2, num_inference_steps=4, output_type="np").images
     assert images.shape == (2, 16, 16, 3)
-    np.save(tmp_path / "ours.npy", images)
-    code = f"""
-import numpy as np, torch
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained({str(straight)!r}, trust_remote_code=True)
-generators = [torch.Generator().manual_seed(i) for i in range(2)]
-images = pipe(batch_size=2, generator=generators, num_inference_steps=4, output_type="np").images
-print(type(pipe).__name__, float(np.abs(images - np.load({str(tmp_path / "ours.npy")!r})).max()))
-"""
-    result = run_without_this_project(code, tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    name, difference = result.stdout.split()
-    assert name == "FlowMatchPipeline" and float(difference) == 0.0
+    assert_same_images_without_this_project(pipeline, straight, tmp_path, "FlowMatchPipeline")
 
 
 def test_flow_resumes_exactly_after_kill_9(sprites_dir, tiny_unet_config, tmp_path):
@@ -187,8 +175,14 @@ def test_flow_learns_a_two_colour_set(tmp_path):
     assert (red > blue).any() and (blue > red).any(), (red, blue)  # both modes, none dropped
 
 
-def test_flow_flags_are_checked_and_only_flow_takes_them():
-    from smallgen.config import ModelArguments
+def test_flow_flags_are_checked_reach_the_loss_and_only_flow_takes_them(sprites_dir, tiny_unet_config, tmp_path):
+    from smallgen.config import ModelArguments, parse_args
+    from smallgen.trainer import build_objective
+
+    argv = flow_args(sprites_dir, tiny_unet_config, tmp_path / "x", flow_timestep_density="logit_normal",
+                     flow_logit_mean=-0.4, flow_logit_std=0.8)
+    loss = build_objective(*parse_args([str(a) for a in argv])).loss
+    assert (loss.density, loss.logit_mean, loss.logit_std) == ("logit_normal", -0.4, 0.8)
 
     assert ModelArguments(model_type="flow", flow_timestep_density="logit_normal").flow_logit_std == 1.0
     with pytest.raises(ConfigError, match="--flow_timestep_density must be one of uniform, logit_normal, mode"):
