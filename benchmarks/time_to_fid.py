@@ -39,7 +39,7 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
 GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
 
 
-ALL = ["quickstart", "quickstart-ddpm", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
+ALL = ["quickstart", "quickstart-flow", "quickstart-ddpm", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
 
 
 @dataclass
