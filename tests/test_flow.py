@@ -24,21 +24,22 @@ from tests.helpers import (
 
 
 def test_the_loss_draws_noise_then_times_and_matches_the_velocity():
-    """|v - (n - x)|^2 per image at x_t = (1 - t) x + t n, checked with a velocity that returns 0."""
+    """|v - (n - x)|^2 per image at x_t = (1 - t) x + t n, checked with a velocity that returns x_t
+    (so the sign of the target matters)."""
     images = torch.rand(4, 3, 8, 8) * 2 - 1
     seen = {}
 
-    def zero_velocity(noisy, t):
+    def identity_velocity(noisy, t):
         seen["noisy"], seen["t"] = noisy, t
-        return torch.zeros_like(noisy)
+        return noisy
 
-    per_image = FlowMatchingLoss("uniform")(zero_velocity, images, torch.Generator().manual_seed(3))
+    per_image = FlowMatchingLoss("uniform")(identity_velocity, images, torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
     noise = torch.randn(images.shape, generator=generator)
     t = torch.rand((4,), generator=generator)
-    assert torch.allclose(seen["t"], t)
-    assert torch.allclose(seen["noisy"], (1 - t.view(-1, 1, 1, 1)) * images + t.view(-1, 1, 1, 1) * noise)
-    assert torch.allclose(per_image, (noise - images).pow(2).mean(dim=(1, 2, 3)), rtol=1e-5)
+    noisy = (1 - t.view(-1, 1, 1, 1)) * images + t.view(-1, 1, 1, 1) * noise
+    assert torch.allclose(seen["t"], t) and torch.allclose(seen["noisy"], noisy)
+    assert torch.allclose(per_image, (noisy - (noise - images)).pow(2).mean(dim=(1, 2, 3)), rtol=1e-5)
 
 
 def test_logit_normal_times_are_a_sigmoid_of_a_normal():
