@@ -62,7 +62,7 @@ def load_unet_config(name_or_path: str | None, resolution: int) -> dict:
 
 
 def create_unet(name_or_path: str | None, resolution: int, **overrides):
-    """A fresh UNet2DModel; ``overrides`` change config entries (e.g. ``num_class_embeds``)."""
+    """A fresh UNet2DModel; ``overrides`` change config entries (e.g. ``class_embed_type``)."""
     from diffusers import UNet2DModel
 
     config = {**load_unet_config(name_or_path, resolution), **overrides}

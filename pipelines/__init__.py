@@ -1,13 +1,20 @@
-"""DiffusionPipeline classes beyond diffusers' own (unconditional diffusion models export DDPMPipeline).
+"""DiffusionPipeline classes beyond diffusers' own (unconditional DDPM models export DDPMPipeline).
 
+* ``EDMPipeline``: an EDM-preconditioned UNet with diffusers' EDM schedulers or ``EDMHeunScheduler``.
+* ``FlowMatchPipeline``: a flow-matching UNet with diffusers' flow-matching schedulers.
+* ``ClassConditionalPipeline``: a class-conditional UNet with classifier-free guidance.
 * ``VAEPipeline``: prior samples through a ConvVAE's decoder.
 * ``GANPipeline``: latents through a DCGAN generator or a VAE-GAN decoder.
-* ``ClassConditionalPipeline``: a class-conditional UNet with classifier-free guidance.
-* ``EDMPipeline``: an EDM-preconditioned UNet with diffusers' EDM schedulers (or ``EDMHeunScheduler``).
+
+Each is a ``PortablePipeline``: saved with its code, loaded by diffusers' own loader.
 """
 
 from pipelines.pipeline_baselines import GANPipeline, VAEPipeline
 from pipelines.pipeline_conditional import ClassConditionalPipeline
-from pipelines.pipeline_edm import EDMHeunScheduler, EDMPipeline
+from pipelines.pipeline_edm import EDMPipeline
+from pipelines.pipeline_flow import FlowMatchPipeline
+from pipelines.portable_pipeline import PortablePipeline
+from pipelines.scheduling_edm_heun import EDMHeunScheduler
 
-__all__ = ["ClassConditionalPipeline", "EDMHeunScheduler", "EDMPipeline", "GANPipeline", "VAEPipeline"]
+__all__ = ["ClassConditionalPipeline", "EDMHeunScheduler", "EDMPipeline", "FlowMatchPipeline", "GANPipeline",
+           "PortablePipeline", "VAEPipeline"]

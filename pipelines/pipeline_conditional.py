@@ -1,135 +1,105 @@
 """Class-conditional DDPM/DDIM sampling with classifier-free guidance (Ho & Salimans 2022).
 
-Self-contained (torch and diffusers only): this file is copied into exported folders, so
+Self-contained (torch and diffusers only): saved folders carry this file, so
 ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` works without smallgen.
-The UNet is diffusers' own UNet2DModel. Classes: its class embedding has ``num_class_embeds``
-entries, the last of which is "no class" (the label a trained image lost with probability
-``condition_dropout``). Context vectors (several 0/1 labels per image): a ``ContextEmbedding``
-(a learned linear map) turns the vector into the UNet's class embedding (``class_embed_type``
-"identity"); "no context" is the zero vector. Any diffusers scheduler can be swapped in.
+The UNet is diffusers' own UNet2DModel with an "identity" class embedding: it takes the vector a
+``LabelEmbedding`` makes of a label. The ``LabelEmbedding`` holds everything about the labels: their
+names (in its config) and their learned embedding, either one vector per class plus one for "no
+class", or a linear map of a 0/1 context vector (several labels per image; "no context" is the
+zero vector). Any diffusers scheduler can be swapped in.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers import ConfigMixin, ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
+from .portable_pipeline import PortablePipeline
 
-class ContextEmbedding(ModelMixin, ConfigMixin):
-    """A learned linear map of a 0/1 context vector to the UNet's time-embedding width."""
+
+class LabelEmbedding(ModelMixin, ConfigMixin):
+    """Labels -> the vector the UNet's class embedding adds to its time embedding.
+
+    ``multi_label`` False: labels are class indices 0 ... K - 1, and K means "no class". True: labels
+    are rows of K values in {0, 1} (a context vector), and the zero row means "no context".
+    """
 
     @register_to_config
-    def __init__(self, context_dim: int = 5, embedding_dim: int = 128):
+    def __init__(self, class_names: list[str], embedding_dim: int = 128, multi_label: bool = False):
         super().__init__()
-        self.linear = torch.nn.Linear(context_dim, embedding_dim)
+        if multi_label:
+            self.linear = torch.nn.Linear(len(class_names), embedding_dim)
+        else:
+            self.embedding = torch.nn.Embedding(len(class_names) + 1, embedding_dim)
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        return self.linear(context.to(self.linear.weight.dtype))
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.multi_label:
+            return self.linear(labels.to(self.linear.weight.dtype))
+        return self.embedding(labels)
+
+    def no_label(self, batch_size: int, device=None) -> torch.Tensor:
+        """The input meaning "no label", ``batch_size`` times (what label dropout trained)."""
+        count = len(self.config.class_names)
+        if self.config.multi_label:
+            return torch.zeros((batch_size, count), device=device)
+        return torch.full((batch_size,), count, dtype=torch.long, device=device)
 
 
-def guided_noise_prediction(unet, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None,
-                            null_label, guidance_scale: float) -> torch.Tensor:
-    """eps = eps_uncond + w (eps_cond - eps_uncond), conditional and unconditional in one UNet call.
+def guided_prediction(unet, sample: torch.Tensor, timestep, condition: torch.Tensor | None,
+                      unconditional: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """eps = eps_uncond + w (eps_cond - eps_uncond), both halves in one UNet call.
 
-    ``class_labels`` are class indices (``null_label`` an int: the "no class" index) or context
-    embeddings (``null_label`` the embedding of no context). ``guidance_scale`` 1 is the conditional
-    model exactly and 0 the unconditional one exactly (one call each); ``class_labels`` None samples
-    unconditionally.
+    ``condition`` and ``unconditional`` are label embeddings, one row per image. ``guidance_scale`` 1 is
+    the conditional model exactly and 0 the unconditional one exactly (one call each); ``condition``
+    None samples unconditionally.
     """
-    batch = sample.shape[0]
-    if isinstance(null_label, torch.Tensor):
-        null = null_label.expand(batch, -1)
-    else:
-        null = torch.full((batch,), null_label, dtype=torch.long, device=sample.device)
-    if class_labels is None or guidance_scale == 0:
-        return unet(sample, timestep, class_labels=null).sample
+    if condition is None or guidance_scale == 0:
+        return unet(sample, timestep, class_labels=unconditional).sample
     if guidance_scale == 1:
-        return unet(sample, timestep, class_labels=class_labels).sample
-    both = unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([class_labels, null])).sample
-    conditional, unconditional = both.chunk(2)
-    return unconditional + guidance_scale * (conditional - unconditional)
+        return unet(sample, timestep, class_labels=condition).sample
+    both = unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([condition, unconditional])).sample
+    conditional, unconditional_prediction = both.chunk(2)
+    return unconditional_prediction + guidance_scale * (conditional - unconditional_prediction)
 
 
-class ClassConditionalPipeline(DiffusionPipeline):
+class ClassConditionalPipeline(PortablePipeline):
     """``pipe(class_labels=[3, 3, 5], guidance_scale=2.0, num_inference_steps=50, generator=...)``.
 
     Labels are class indices or names (``pipe.class_names``); ``class_labels=None`` draws
     ``batch_size`` unconditional samples. A context model also takes ``context=[[1, 0, 0, 0, 1]]``.
     """
 
-    _optional_components = ["context_embedding"]
+    model_cpu_offload_seq = "label_embedding->unet"
 
-    def __init__(self, unet, scheduler, context_embedding=None, class_names: list[str] | None = None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, label_embedding: LabelEmbedding):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, context_embedding=context_embedding)
-        self.register_to_config(class_names=list(class_names) if class_names else None)  # in model_index.json
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """This class, installed, loads a folder (or Hub id) it exported without trust_remote_code: the
-        UNet and scheduler are diffusers' own; the folder's copy of this file is for other machines."""
-        if cls is not ClassConditionalPipeline:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        import json
-        import os
-
-        import diffusers
-
-        folder = str(pretrained_model_name_or_path)
-        if not os.path.isdir(folder):
-            from huggingface_hub import snapshot_download
-
-            folder = snapshot_download(folder, revision=kwargs.get("revision"), token=kwargs.get("token"),
-                                       cache_dir=kwargs.get("cache_dir"))
-        with open(os.path.join(folder, "model_index.json")) as handle:
-            index = json.load(handle)
-        unet = diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet")
-        scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler")
-        context = None
-        if (index.get("context_embedding") or [None])[0] is not None:
-            context = ContextEmbedding.from_pretrained(folder, subfolder="context_embedding")
-        return cls(unet=unet, scheduler=scheduler, context_embedding=context, class_names=index.get("class_names"))
-
-    @property
-    def null_label(self):
-        """The unconditional input: the "no class" index, or the embedding of the zero context."""
-        if self.context_embedding is None:
-            return self.unet.config.num_class_embeds - 1
-        zeros = torch.zeros((1, self.context_embedding.config.context_dim), device=self.device)
-        return self.context_embedding(zeros)
+        self.register_modules(unet=unet, scheduler=scheduler, label_embedding=label_embedding)
 
     @property
     def class_names(self) -> list[str]:
-        names = self.config.class_names
-        if names:
-            return list(names)
-        count = (self.context_embedding.config.context_dim if self.context_embedding is not None
-                 else self.unet.config.num_class_embeds - 1)
-        return [str(i) for i in range(count)]
+        return list(self.label_embedding.config.class_names)
 
-    def conditioning(self, class_labels, context) -> torch.Tensor | None:
-        """What the UNet's class embedding takes: class indices, or embedded context vectors (a class
-        label given to a context model is its one-hot vector)."""
-        if self.context_embedding is None:
-            if context is not None:
-                raise ValueError("this pipeline conditions on classes: pass class_labels, not context")
-            return None if class_labels is None else self.label_indices(class_labels)
-        if context is None and class_labels is not None:
-            context = torch.nn.functional.one_hot(self.label_indices(class_labels), len(self.class_names))
+    def label_inputs(self, class_labels, context, device) -> torch.Tensor | None:
+        """What the label embedding takes: class indices, or context rows (a class label given to a
+        context model is its one-hot row); None: no labels."""
+        multi_label = self.label_embedding.config.multi_label
+        if context is not None and not multi_label:
+            raise ValueError("this pipeline conditions on classes: pass class_labels, not context")
         if context is None:
-            return None
-        vectors = torch.as_tensor(np.asarray(context, dtype=np.float32), device=self.device)
-        if vectors.ndim != 2 or vectors.shape[1] != len(self.class_names):
+            if class_labels is None:
+                return None
+            indices = self.label_indices(class_labels).to(device)
+            return torch.nn.functional.one_hot(indices, len(self.class_names)) if multi_label else indices
+        rows = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)
+        if rows.ndim != 2 or rows.shape[1] != len(self.class_names):
             raise ValueError(f"context must be rows of {len(self.class_names)} values ({', '.join(self.class_names)})")
-        return self.context_embedding(vectors)
+        return rows
 
     def label_indices(self, class_labels) -> torch.Tensor:
-        """Names or indices -> a LongTensor on the pipeline's device; ValueError names a bad one."""
+        """Names or indices -> a LongTensor; ValueError names a bad one."""
         names = self.class_names
         indices = []
         for label in class_labels:
@@ -141,31 +111,27 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 indices.append(int(label))
             else:
                 raise ValueError(f"class label {label!r} is not a class index 0 ... {len(names) - 1} or a name")
-        return torch.tensor(indices, dtype=torch.long, device=self.device)
+        return torch.tensor(indices, dtype=torch.long)
 
     @torch.no_grad()
-    def __call__(self, class_labels=None, batch_size: int = 1, guidance_scale: float = 2.0,
-                 num_inference_steps: int = 50, generator=None, eta: float = 0.0, output_type: str = "pil",
-                 return_dict: bool = True, context=None):
-        labels = self.conditioning(class_labels, context)
+    def __call__(self, class_labels: list | None = None, batch_size: int = 1, guidance_scale: float = 2.0,
+                 num_inference_steps: int = 50, generator: torch.Generator | list[torch.Generator] | None = None,
+                 eta: float = 0.0, output_type: str = "pil", return_dict: bool = True, context=None):
+        """One image per label (or ``batch_size`` unconditional ones; one per generator of a list);
+        ``eta`` is passed to schedulers that take it (DDIM); ``output_type`` "pil", "np" (floats in
+        [0, 1]) or "pt". Sampling runs in float32 whatever the networks' dtype."""
+        device = self._execution_device
+        labels = self.label_inputs(class_labels, context, device)
         batch = batch_size if labels is None else len(labels)
-        config = self.unet.config
-        sample = randn_tensor((batch, config.in_channels, config.sample_size, config.sample_size),
-                              generator=generator, device=self.device, dtype=self.unet.dtype)
+        condition = None if labels is None else self.label_embedding(labels)
+        unconditional = self.label_embedding(self.label_embedding.no_label(batch, device))
+        sample = randn_tensor(self.image_shape(batch, self.unet.config), generator=generator, device=device,
+                              dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
-        extra = {"eta": eta} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        options = self.step_options(generator, eta=eta)
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(sample, t)
-            noise = guided_noise_prediction(self.unet, model_input, t, labels, self.null_label, guidance_scale)
-            sample = self.scheduler.step(noise, t, sample, generator=generator, **extra).prev_sample
-        images = (sample / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            result = images
-        else:
-            result = images.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                result = self.numpy_to_pil(result)
-        if not return_dict:
-            return (result,)
-        return ImagePipelineOutput(images=result)
+            model_input = self.scheduler.scale_model_input(sample, t).to(self.unet.dtype)
+            noise = guided_prediction(self.unet, model_input, t, condition, unconditional, guidance_scale).float()
+            sample = self.scheduler.step(noise, t, sample, **options).prev_sample
+        return self.output(sample, output_type, return_dict)

@@ -197,6 +197,8 @@ def load_samples_dir(folder: str, limit: int) -> torch.Tensor:
 
 
 def load_pipeline(name_or_path: str, trust_remote_code: bool = False):
+    """A pipeline folder or Hub id. One of ours loads into the installed classes (its folder's copy of
+    our code does not run); any other through diffusers, with ``trust_remote_code`` as given."""
     from diffusers import DiffusionPipeline
 
     if name_or_path.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(name_or_path)):
@@ -205,24 +207,31 @@ def load_pipeline(name_or_path: str, trust_remote_code: bool = False):
         raise UserError(f"{name_or_path!r} is not a pipeline folder (no model_index.json)")
     try:
         own = _own_pipeline_class(name_or_path)
-        if own is not None:  # our baselines: the installed code, no need to run the folder's copy
+        if own is not None:
             return own.from_pretrained(name_or_path)
         return DiffusionPipeline.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # the hub client and diffusers raise many types
         raise UserError(f"could not load pipeline {name_or_path!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _own_pipeline_class(folder: str):
-    """Our installed pipeline class for a folder one of our model types exported (else None)."""
-    index_path = os.path.join(folder, "model_index.json")
+def _own_pipeline_class(name_or_path: str):
+    """Our installed pipeline class if the model_index.json of a folder or Hub id names one (else None)."""
+    import pipelines
+
+    index_path = os.path.join(name_or_path, "model_index.json")
+    if not os.path.isdir(name_or_path):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index_path = hf_hub_download(name_or_path, "model_index.json")
+        except Exception:  # unreachable or unknown: diffusers' loader says why
+            return None
     if not os.path.isfile(index_path):
         return None
     with open(index_path) as handle:
         class_name = json.load(handle).get("_class_name")
     if isinstance(class_name, list) and objective_for_pipeline(class_name[-1]) is not None:
-        from importlib import import_module
-
-        return getattr(import_module(f"pipelines.{class_name[0]}"), class_name[-1])
+        return getattr(pipelines, class_name[-1], None)
     return None
 
 
@@ -230,23 +239,33 @@ def is_diffusion_pipeline(pipeline) -> bool:
     return hasattr(pipeline, "unet") and hasattr(pipeline, "scheduler")
 
 
-def make_scheduler(pipeline_class: str, config, sampler: str):
-    """The scheduler ``sampler`` names, made from a pipeline's scheduler ``config``; the samplers a
-    pipeline class takes are those of the model type that exports it."""
-    from importlib import import_module
+def is_conditional_pipeline(pipeline) -> bool:
+    return hasattr(pipeline, "label_indices") and hasattr(pipeline, "class_names")
 
+
+def sampler_of(pipeline, name: str):
+    """The ``Sampler`` ``name`` of the model type that exports this pipeline class."""
+    pipeline_class = type(pipeline).__name__
     objective = objective_for_pipeline(pipeline_class)
     offered = objective.samplers if objective is not None else {}
-    if sampler not in offered:
+    if name not in offered:
         takes = f"it takes {', '.join(offered)}" if offered else "it is not a pipeline of a known model type"
-        raise UserError(f"--scheduler {sampler} cannot sample a {pipeline_class}: {takes}")
-    where, extra = offered[sampler]
-    module, name = where.split(":")
-    return getattr(import_module(module), name).from_config(config, **extra)
+        raise UserError(f"--scheduler {name} cannot sample a {pipeline_class}: {takes}")
+    return offered[name]
+
+
+def sampling_pipeline(pipeline, args: EvaluationArguments):
+    """What draws the samples: a diffusion pipeline with --scheduler's sampler, any other as loaded."""
+    from smallgen.sampling import with_sampler
+
+    if not is_diffusion_pipeline(pipeline):
+        return pipeline
+    return with_sampler(pipeline, sampler_of(pipeline, args.scheduler))
 
 
 def network_evaluations(scheduler, steps: int) -> int:
     """Network calls per image for ``steps`` sampling steps (Heun's corrector calls it twice a step)."""
+    scheduler = type(scheduler).from_config(scheduler.config)
     scheduler.set_timesteps(steps)
     return len(scheduler.timesteps)
 
@@ -263,10 +282,6 @@ def check_sampler_steps(scheduler, steps: int) -> None:
             raise UserError(f"--num_inference_steps {steps} cannot work with this pipeline's scheduler: {exc}") from None
 
 
-def is_conditional_pipeline(pipeline) -> bool:
-    return hasattr(pipeline, "label_indices") and hasattr(pipeline, "class_names")
-
-
 def sampling_settings(pipeline, args: EvaluationArguments) -> list[tuple]:
     """(steps, guidance scale) to sweep: steps for diffusion pipelines, guidance for conditional ones."""
     if pipeline is None or not is_diffusion_pipeline(pipeline):
@@ -278,81 +293,57 @@ def sampling_settings(pipeline, args: EvaluationArguments) -> list[tuple]:
     return [(steps, scale) for steps in dict.fromkeys(args.num_inference_steps) for scale in guidance]
 
 
-def generate_conditional(pipeline, args: EvaluationArguments, steps: int, guidance: float,
-                         device: torch.device) -> torch.Tensor:
-    """Class-balanced samples (image i of class i mod K), image i from its own (seed, i) generator."""
-    from tqdm.auto import tqdm
+def sampler_eta(pipeline, args: EvaluationArguments) -> float | None:
+    """--eta where the pipeline passes it to a scheduler step that takes it (DDIM), else None."""
+    from smallgen.sampling import call_accepts
 
-    from smallgen.seeding import image_generators
+    takes = is_diffusion_pipeline(pipeline) and "eta" in inspect.signature(pipeline.scheduler.step).parameters
+    return args.eta if takes and call_accepts(pipeline, "eta") else None
 
-    pipeline.scheduler = make_scheduler(type(pipeline).__name__, pipeline.scheduler.config, args.scheduler)
-    check_sampler_steps(pipeline.scheduler, steps)
-    classes = len(pipeline.class_names)
-    out = []
-    for start in tqdm(range(0, args.num_samples, args.batch_size), desc=f"sampling (guidance {guidance})"):
-        indices = range(start, min(start + args.batch_size, args.num_samples))
-        images = pipeline(class_labels=[i % classes for i in indices], guidance_scale=guidance,
-                          num_inference_steps=steps, generator=image_generators(args.seed, indices, device),
-                          eta=args.eta, output_type="np").images
-        out.append(torch.from_numpy((images * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2))
-    return torch.cat(out).contiguous()
+
+def call_options(pipeline, args: EvaluationArguments, steps: int | None, guidance: float | None) -> dict:
+    """The pipeline call's keywords besides batch_size and the generators: steps, eta, class-balanced
+    labels (image i of class i mod K) and guidance, GAN BatchNorm mode."""
+    from smallgen.sampling import call_accepts
+
+    options = {}
+    if steps is not None:
+        check_sampler_steps(pipeline.scheduler, steps)
+        options["num_inference_steps"] = steps
+    if sampler_eta(pipeline, args) is not None:
+        options["eta"] = args.eta
+    if guidance is not None:
+        classes = len(pipeline.class_names)
+        options.update(class_labels=lambda indices: [i % classes for i in indices], guidance_scale=guidance)
+    if call_accepts(pipeline, "batchnorm"):
+        options["batchnorm"] = args.gan_batchnorm
+    elif args.gan_batchnorm != "eval":
+        raise UserError(f"--gan_batchnorm applies to GAN pipelines, not {type(pipeline).__name__}")
+    return options
 
 
 def generate(pipeline, args: EvaluationArguments, steps: int | None, device: torch.device,
              guidance: float | None = None) -> torch.Tensor:
-    """``args.num_samples`` images as uint8 (N, 3, H, W); the same seed gives the same images."""
+    """``args.num_samples`` images as uint8 (N, 3, H, W) from the pipeline's ``__call__``, image i from
+    its own (seed, i) generator: the same seed gives the same images."""
     from contextlib import nullcontext
+
+    from tqdm.auto import tqdm
+
+    from smallgen.sampling import draw_images
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    with autocast:
-        if is_conditional_pipeline(pipeline):
-            return generate_conditional(pipeline, args, steps, guidance, device)
-        if is_diffusion_pipeline(pipeline):
-            from smallgen.sampling import sample_images
-
-            scheduler = make_scheduler(type(pipeline).__name__, pipeline.scheduler.config, args.scheduler)
-            check_sampler_steps(scheduler, steps)
-            return sample_images(pipeline.unet, scheduler, args.num_samples, steps, seed=args.seed,
-                                 batch_size=args.batch_size, device=device, eta=sampler_eta(scheduler, args),
-                                 progress=True)
-        return _generate_with_call(pipeline, args, device)
-
-
-def sampler_eta(scheduler, args: EvaluationArguments) -> float | None:
-    """--eta for a scheduler whose step takes one (DDIM), else None."""
-    return args.eta if "eta" in inspect.signature(scheduler.step).parameters else None
-
-
-def _generate_with_call(pipeline, args: EvaluationArguments, device: torch.device) -> torch.Tensor:
-    """Any pipeline called like DDPMPipeline (batch_size, generator, output_type) -> images."""
-    from tqdm.auto import tqdm
-
-    from smallgen.seeding import image_generators
-
-    extra = {}
-    if "batchnorm" in inspect.signature(pipeline.__call__).parameters:
-        extra["batchnorm"] = args.gan_batchnorm
-    elif args.gan_batchnorm != "eval":
-        raise UserError(f"--gan_batchnorm applies to GAN pipelines, not {type(pipeline).__name__}")
-    out = []
-    with tqdm(total=args.num_samples, desc="sampling", unit="img") as bar:
-        for start in range(0, args.num_samples, args.batch_size):
-            n = min(args.batch_size, args.num_samples - start)
-            generators = image_generators(args.seed, range(start, start + n), device)  # image i from (seed, i)
-            try:
-                result = pipeline(batch_size=n, generator=generators, output_type="np", **extra)
-            except TypeError as exc:
-                raise UserError(f"{type(pipeline).__name__} is not an unconditional image pipeline "
-                                f"(called with batch_size, generator, output_type: {exc})") from None
-            images = getattr(result, "images", None)
-            if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] not in (1, 3):
-                raise UserError(f"{type(pipeline).__name__} did not return images (N, H, W, 3)")
-            if images.shape[-1] == 1:
-                images = np.repeat(images, 3, axis=-1)
-            out.append(torch.from_numpy((images * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2))
-            bar.update(n)
-    return torch.cat(out).contiguous()
+    desc = "sampling" + ("" if guidance is None else f" (guidance {guidance:g})")
+    options = call_options(pipeline, args, steps, guidance)
+    with autocast, tqdm(total=args.num_samples, desc=desc, unit="img") as bar:
+        try:
+            return draw_images(pipeline, args.num_samples, args.seed, args.batch_size, progress=bar, **options)
+        except (TypeError, ValueError) as exc:
+            if objective_for_pipeline(type(pipeline).__name__) is not None:
+                raise
+            raise UserError(f"{type(pipeline).__name__} is not an unconditional image pipeline (called with "
+                            f"batch_size, generator, output_type='np'): {exc}") from None
 
 
 def save_pngs(images: torch.Tensor, folder: str) -> None:
@@ -403,20 +394,21 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
         raise UserError("the reference needs at least 2 images")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipeline = None
+    pipeline = pipeline_class = None
     if args.samples_dir:
         fixed_samples = load_samples_dir(args.samples_dir, args.num_samples)
         sample_resolution = fixed_samples.shape[-1]
         model = args.samples_dir
     else:
-        pipeline = load_pipeline(args.pipeline, args.trust_remote_code).to(device)
+        loaded = load_pipeline(args.pipeline, args.trust_remote_code).to(device)
+        pipeline_class = type(loaded).__name__
+        pipeline = sampling_pipeline(loaded, args)
         pipeline.set_progress_bar_config(disable=True)
         model = args.pipeline
-        if is_diffusion_pipeline(pipeline):
-            sample_resolution = pipeline.unet.config.sample_size
-        else:
-            probe = _generate_with_call(pipeline, EvaluationArguments(**{**_fields(args), "num_samples": 2}), device)
-            sample_resolution = probe.shape[-1]
+        size = pipeline.unet.config.sample_size if is_diffusion_pipeline(pipeline) else None
+        if size is None:
+            size = generate(pipeline, EvaluationArguments(**{**_fields(args), "num_samples": 2}), None, device).shape[-1]
+        sample_resolution = size if isinstance(size, int) else (size[0] if size[0] == size[1] else tuple(size))
     if sample_resolution != resolution:
         raise UserError(
             f"resolution mismatch: samples are {sample_resolution}x{sample_resolution} but the reference images "
@@ -447,6 +439,7 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
                                   cache_root=os.path.join(cache, "fidelity"), kid_subset_size=kid_subset_size,
                                   isc=args.isc, batch_size=args.batch_size)
         result = _result_row(args, model, pipeline, steps, metrics, len(samples), seconds, device, weights)
+        result["pipeline_class"] = pipeline_class
         result["guidance_scale"] = guidance
         result.update(reference=reference_description(args, len(reference), resolution),
                       num_reference=len(reference), kid_subset_size=kid_subset_size)
@@ -458,16 +451,17 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
 
 
 def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, device, weights) -> dict:
+    from smallgen.sampling import call_accepts
+
     diffusion = pipeline is not None and is_diffusion_pipeline(pipeline)
-    scheduler = make_scheduler(type(pipeline).__name__, pipeline.scheduler.config, args.scheduler) if diffusion else None
-    takes_batchnorm = pipeline is not None and "batchnorm" in inspect.signature(pipeline.__call__).parameters
+    takes_batchnorm = pipeline is not None and call_accepts(pipeline, "batchnorm")
     return {
         "model": model,
         "pipeline_class": type(pipeline).__name__ if pipeline is not None else None,
         "sampler": args.scheduler if diffusion else None,
         "steps": steps,
-        "nfe": network_evaluations(scheduler, steps) if diffusion else 1,
-        "eta": sampler_eta(scheduler, args) if diffusion else None,
+        "nfe": network_evaluations(pipeline.scheduler, steps) if diffusion else 1,
+        "eta": sampler_eta(pipeline, args) if diffusion else None,
         "gan_batchnorm": args.gan_batchnorm if takes_batchnorm else None,
         **metrics,
         "num_samples": num_samples,

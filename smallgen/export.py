@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from smallgen.errors import UserError
-from smallgen.files import save_json
 
 # What stays local when the run folder is uploaded.
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
-
-
-def save_custom_pipeline(pipeline, module: str, output_dir: str, component_files: dict | None = None) -> None:
-    """Save one of our pipelines so that it loads three ways.
-
-    ``OurPipeline.from_pretrained`` (this project installed), and ``DiffusionPipeline.from_pretrained(
-    output_dir, trust_remote_code=True)`` on a machine with only diffusers: ``pipelines/<module>.py``
-    is copied in and model_index.json names it as diffusers expects for custom pipelines;
-    ``component_files`` ({component: (model file, class name)}) copy custom model code the same way.
-    """
-    import shutil
-
-    import pipelines
-
-    pipeline.save_pretrained(output_dir, safe_serialization=True)
-    index_path = os.path.join(output_dir, "model_index.json")
-    with open(index_path) as f:
-        index = json.load(f)
-    index["_class_name"] = [module, type(pipeline).__name__]
-    for component, (model_file, model_class) in (component_files or {}).items():
-        index[component] = [os.path.splitext(os.path.basename(model_file))[0], model_class]
-        shutil.copyfile(model_file, os.path.join(output_dir, component, os.path.basename(model_file)))
-    save_json(index_path, index)
-    shutil.copyfile(os.path.join(os.path.dirname(pipelines.__file__), f"{module}.py"),
-                    os.path.join(output_dir, f"{module}.py"))
 
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,

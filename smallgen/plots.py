@@ -148,8 +148,8 @@ def reverse_process(unet, scheduler, num_inference_steps: int, seed: int = 0, nu
                     num_images: int = 1, eta: float | None = None) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """[(t, x_t uint8, predicted x_0 uint8)] at ``num_frames`` evenly spaced steps, the last one final.
 
-    Runs the sampling loop itself (``smallgen.sampling.reverse_process``) with image i seeded by
-    (seed, i), so the final frame is what ``sample_images`` draws and DDPM and DDIM strips start
+    Runs the sampling loop written out (``smallgen.sampling.reverse_process``) with image i seeded by
+    (seed, i), so the final frame is what the pipeline draws and DDPM and DDIM strips start
     from the same x_T.
     """
     from smallgen import sampling

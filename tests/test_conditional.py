@@ -65,21 +65,22 @@ def test_conditioning_makes_the_asked_for_colour(trained):
 
 
 def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(trained):
-    from diffusers import UNet2DModel
+    from pipelines import ClassConditionalPipeline
+    from pipelines.pipeline_conditional import guided_prediction
 
-    from pipelines.pipeline_conditional import guided_noise_prediction
-
-    unet = UNet2DModel.from_pretrained(trained / "unet").eval()
+    pipe = ClassConditionalPipeline.from_pretrained(trained)
+    unet, embedding = pipe.unet, pipe.label_embedding
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor(40)
-    labels, null = torch.tensor([0, 1, 0]), torch.full((3,), 2)
     with torch.no_grad():
+        labels, null = embedding(torch.tensor([0, 1, 0])), embedding(embedding.no_label(3))
+        assert torch.equal(null, embedding(torch.full((3,), 2)))  # "no class" is the entry after the classes
         conditional = unet(x, t, class_labels=labels).sample
         unconditional = unet(x, t, class_labels=null).sample
-        assert torch.equal(guided_noise_prediction(unet, x, t, labels, 2, 1.0), conditional)
-        assert torch.equal(guided_noise_prediction(unet, x, t, labels, 2, 0.0), unconditional)
-        assert torch.equal(guided_noise_prediction(unet, x, t, None, 2, 4.0), unconditional)
-        mixed = guided_noise_prediction(unet, x, t, labels, 2, 3.0)
+        assert torch.equal(guided_prediction(unet, x, t, labels, null, 1.0), conditional)
+        assert torch.equal(guided_prediction(unet, x, t, labels, null, 0.0), unconditional)
+        assert torch.equal(guided_prediction(unet, x, t, None, null, 4.0), unconditional)
+        mixed = guided_prediction(unet, x, t, labels, null, 3.0)
     assert torch.allclose(mixed, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
     assert not torch.allclose(conditional, unconditional, atol=1e-3)  # the label does change the prediction
 
@@ -246,20 +247,19 @@ def test_context_vectors_train_resume_and_export(tmp_path, tiny_unet_config):
     run_training(tiny_args(tmp_path / "data", tiny_unet_config, resumed, max_train_steps=2, **common))
     run_training(tiny_args(tmp_path / "data", tiny_unet_config, resumed, max_train_steps=4,
                            resume_from_checkpoint="latest", **common))
-    for name in ("unet.safetensors", "training_state.safetensors"):  # the context embedding and its EMA too
+    # the label embedding, its optimizer moments and its EMA resume too
+    for name in ("unet.safetensors", "label_embedding.safetensors", "training_state.safetensors"):
         a, b = (load_file(folder / "checkpoint-4" / name) for folder in (straight, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    states = [load_file(straight / f"checkpoint-{n}" / "training_state.safetensors") for n in (2, 4)]
-    weight = "context_embedding.linear.weight"
-    assert any(k.startswith("context_embedding.") for k in states[1]), sorted(states[1])[:5]
-    assert not torch.equal(states[0][weight], states[1][weight])  # the context embedding does train
+    weights = [load_file(straight / f"checkpoint-{n}" / "label_embedding.safetensors") for n in (2, 4)]
+    assert not torch.equal(weights[0]["linear.weight"], weights[1]["linear.weight"])  # the label embedding trains
     index = json.loads((straight / "model_index.json").read_text())
-    assert index["context_embedding"] == ["pipeline_conditional", "ContextEmbedding"]
+    assert index["label_embedding"] == ["pipeline_conditional", "LabelEmbedding"]
     assert index["unet"] == ["diffusers", "UNet2DModel"]
-    assert (straight / "context_embedding" / "pipeline_conditional.py").exists()
+    assert (straight / "label_embedding" / "pipeline_conditional.py").exists()
     pipe = ClassConditionalPipeline.from_pretrained(straight)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.context_embedding.config.context_dim == labels.shape[1] == 5
+    assert pipe.label_embedding.config.multi_label and len(pipe.class_names) == labels.shape[1] == 5
     hero_side = pipe(context=[[1, 0, 0, 0, 1]] * 2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
                      output_type="np").images
     by_name = pipe(class_labels=[0], num_inference_steps=3, output_type="np").images  # label 0 as one-hot

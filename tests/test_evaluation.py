@@ -16,8 +16,8 @@ from PIL import Image
 from smallgen.errors import UserError
 from smallgen.evaluation import (
     EvaluationArguments,
-    _generate_with_call,
     evaluate,
+    generate,
     load_samples_dir,
     main,
     markdown_table,
@@ -200,16 +200,17 @@ def test_pipeline_sweep_is_reproducible_and_quantized_like_pngs(tiny_pipeline, t
 def test_dpmsolver_and_ddpm_samplers_run(tiny_pipeline, tmp_path, inception):
     from diffusers import DDPMPipeline
 
-    from smallgen.evaluation import generate, make_scheduler
+    from smallgen.evaluation import sampling_pipeline
 
     pipe = DDPMPipeline.from_pretrained(tiny_pipeline)
-    assert type(make_scheduler("DDPMPipeline", pipe.scheduler.config, "dpmsolver++")).__name__ == "DPMSolverMultistepScheduler"
-    for sampler in ("dpmsolver++", "ddpm"):
+    for sampler, scheduler in (("dpmsolver++", "DPMSolverMultistepScheduler"), ("ddpm", "DDPMScheduler")):
         args = EvaluationArguments(pipeline=tiny_pipeline, dataset_name="x", scheduler=sampler, num_samples=3,
                                    batch_size=2, seed=1)
-        images = generate(pipe, args, 3, torch.device("cpu"))
+        sampling = sampling_pipeline(pipe, args)
+        assert type(sampling).__name__ == "DDPMPipeline" and type(sampling.scheduler).__name__ == scheduler
+        images = generate(sampling, args, 3, torch.device("cpu"))
         assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
-        assert torch.equal(images, generate(pipe, args, 3, torch.device("cpu")))
+        assert torch.equal(images, generate(sampling, args, 3, torch.device("cpu")))
 
 
 def test_reference_subset_is_torch_fidelitys_draw():
@@ -240,6 +241,7 @@ def test_clear_errors(tiny_pipeline, tmp_path, inception, capsys):
     fails(["--dataset_name", str(SAMPLE_CIFAR10)], "exactly one of --pipeline and --samples_dir")
     fails(base + ["--scheduler", "heun"], "invalid choice: 'heun'")
     fails(base + ["--scheduler", "edm-euler", "--num_inference_steps", "2"], "--scheduler edm-euler cannot sample a DDPMPipeline: it takes ddpm, ddim")
+    fails(base + ["--scheduler", "euler"], "--scheduler euler cannot sample a DDPMPipeline")  # it would skip scaling
     (tmp_path / "x.json").write_text("{}")
     fails(["--compare", str(tmp_path / "x.json")], "not an evaluate_fid.py results file")
     one = tmp_path / "one"
@@ -257,15 +259,15 @@ def test_non_image_pipeline_is_refused():
             return type("Out", (), {"text": ["hello"] * batch_size})()
 
     args = EvaluationArguments(pipeline="p", dataset_name="x", num_samples=2)
-    with pytest.raises(UserError, match="did not return images"):
-        _generate_with_call(TextPipeline(), args, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"expected images \(N, H, W, 3\)"):
+        generate(TextPipeline(), args, None, torch.device("cpu"))
 
     class NeedsPrompt:
         def __call__(self, prompt):
             return None
 
     with pytest.raises(UserError, match="not an unconditional image pipeline"):
-        _generate_with_call(NeedsPrompt(), args, torch.device("cpu"))
+        generate(NeedsPrompt(), args, None, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- slow

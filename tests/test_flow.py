@@ -70,13 +70,14 @@ def _velocity(unet):
 
 
 def test_sampling_is_a_written_out_euler_integration_of_the_ode(tiny_unet):
-    """The pipeline and evaluate_fid's loop both integrate dx/dt = v from t = 1 to 0 with Euler steps
-    on diffusers' time grid; Heun is the trapezoidal rule between the same times (2N - 1 calls)."""
+    """The pipeline (what grids and evaluate_fid call) integrates dx/dt = v from t = 1 to 0 with Euler
+    steps on diffusers' time grid; Heun is the trapezoidal rule between the same times (2N - 1 calls)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
     from pipelines.pipeline_flow import FlowMatchPipeline
-    from smallgen.evaluation import make_scheduler, network_evaluations
-    from smallgen.sampling import sample_images, to_uint8
+    from smallgen.evaluation import network_evaluations
+    from smallgen.objectives.flow import FlowObjective
+    from smallgen.sampling import draw_images, to_uint8, with_sampler
     from smallgen.seeding import image_generators
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
@@ -90,11 +91,11 @@ def test_sampling_is_a_written_out_euler_integration_of_the_ode(tiny_unet):
     images = pipe(batch_size=3, generator=image_generators(2, range(3), torch.device("cpu")), num_inference_steps=5,
                   output_type="pt").images
     assert torch.allclose(images, (x / 2 + 0.5).clamp(0, 1), atol=1e-5)
-    ours = sample_images(tiny_unet, make_scheduler("FlowMatchPipeline", scheduler.config, "flow-euler"), 3, 5, seed=2)
-    assert torch.equal(ours, to_uint8(x))
+    euler = with_sampler(pipe, FlowObjective.samplers["flow-euler"])
+    assert torch.equal(draw_images(euler, 3, seed=2, num_inference_steps=5), to_uint8(x))
 
-    heun = make_scheduler("FlowMatchPipeline", scheduler.config, "flow-heun")
-    assert isinstance(heun, FlowMatchHeunDiscreteScheduler) and network_evaluations(heun, 5) == 9
+    heun = with_sampler(pipe, FlowObjective.samplers["flow-heun"])
+    assert isinstance(heun.scheduler, FlowMatchHeunDiscreteScheduler) and network_evaluations(heun.scheduler, 5) == 9
     x = _noise()
     for i in range(5):
         d = velocity(x, times[i])
@@ -102,7 +103,7 @@ def test_sampling_is_a_written_out_euler_integration_of_the_ode(tiny_unet):
         if times[i + 1] > 0:
             step = x + (times[i + 1] - times[i]) * (d + velocity(step, times[i + 1])) / 2
         x = step
-    assert torch.equal(sample_images(tiny_unet, heun, 3, 5, seed=2), to_uint8(x))
+    assert torch.equal(draw_images(heun, 3, seed=2, num_inference_steps=5), to_uint8(x))
 
 
 def flow_args(data, config, out, **overrides):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.schedulers import DDIMSampler, NoiseSchedule
+from models.schedulers import NoiseSchedule
 from smallgen.plots import (
     plot_fid_vs_steps,
     plot_fid_vs_training_time,
@@ -50,19 +50,19 @@ def test_forward_process_strip_uses_each_schedules_alpha_bar(tmp_path):
 
 
 def test_reverse_strip_ends_at_the_sampler_output(tmp_path):
-    from diffusers import UNet2DModel
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
-    from smallgen.sampling import sample_images
+    from smallgen.sampling import draw_images
 
     torch.manual_seed(0)
     config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
     config.update(sample_size=16, block_out_channels=[16, 32], norm_num_groups=8)
     unet = UNet2DModel(**config).eval()
-    sampler = DDIMSampler(num_train_timesteps=100)
+    sampler = DDIMScheduler(num_train_timesteps=100)
     frames = reverse_process(unet, sampler, 10, seed=3, num_frames=4, eta=0.0)
     assert [t for t, _, _ in frames] == [90, 60, 30, 0, -1]  # evenly spaced steps, then the final image
-    expected = sample_images(unet, DDIMSampler(num_train_timesteps=100), 1, 10, seed=3, eta=0.0)
-    assert torch.equal(frames[-1][1], expected)
+    pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
+    assert torch.equal(frames[-1][1], draw_images(pipeline, 1, seed=3, num_inference_steps=10, eta=0.0))
     drawn = plot_reverse_process({"DDIM 10": frames, "DDIM again": frames[:3]}, str(tmp_path / "reverse.png"))
     assert drawn == {"DDIM 10": [90, 60, 30, 0, -1], "DDIM again": [90, 60, 30]}
     assert size(tmp_path / "reverse.png") == (600, 580)

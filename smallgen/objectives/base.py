@@ -8,7 +8,7 @@ flags, networks, loss, optimizers and extra checkpoint state, its pipeline and i
 * class attributes: ``name`` (its registry key), ``arguments`` (its argument classes: the flags it
   reads, each with ``check(arguments, objective_class)``), ``needs_labels``, ``validation_names``,
   ``pipeline_classes`` (the pipeline class names it exports, so evaluate_fid.py knows its
-  samplers) and ``samplers`` ({evaluate_fid.py --scheduler name: ("module:Class", config)});
+  samplers) and ``samplers`` ({evaluate_fid.py --scheduler name: ``smallgen.sampling.Sampler``});
 * ``check_arguments(data_args, model_args, train_args)``: raise ConfigError for data or training
   settings this model type cannot take (before anything is loaded or written);
 * ``build_networks()``: {name: network}, called once by ``__init__``;
@@ -17,9 +17,11 @@ flags, networks, loss, optimizers and extra checkpoint state, its pipeline and i
   tensors to log (no host sync);
 * ``validation_losses(images, generator, labels)``: batch-mean losses of clean images, keyed by
   ``validation_names`` (eval mode is set by the loop, which splits batches over processes and reduces);
+* ``make_pipeline(device)``: the pipeline it exports, holding the weights to sample (EMA if kept);
 * ``sample_grids(num_images, seed)``: {name: uint8 images, or (images, images per row)}, image i
-  depending only on (seed, i);
-* ``export(output_dir)``: write the pipeline folder; returns a ``ModelCardText``.
+  depending only on (seed, i), drawn through ``make_pipeline``'s ``__call__`` (``smallgen.sampling``);
+* ``model_card()``: the ``ModelCardText`` of the export; ``export(output_dir)`` saves the pipeline
+  (with its code, ``pipelines/portable_pipeline.py``) and returns it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Objective:
     needs_labels = False  # constructed with the training labels (smallgen.data.Labels) when True
     validation_names: tuple[str, ...] = ()  # the keys validation_losses returns (none: no validation)
     pipeline_classes: tuple[str, ...] = ()  # the pipeline classes it exports (and evaluate_fid.py samples)
-    samplers: dict[str, tuple[str, dict]] = {}  # evaluate_fid.py --scheduler: ("module:Class", extra config)
+    samplers: dict = {}  # evaluate_fid.py --scheduler: smallgen.sampling.Sampler
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         self.data_args, self.model_args, self.train_args = data_args, model_args, train_args
@@ -131,9 +133,17 @@ class Objective:
                           labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {}
 
+    def make_pipeline(self, device="cpu"):
+        raise NotImplementedError
+
     @torch.no_grad()
     def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def export(self, output_dir: str) -> ModelCardText:
+    def model_card(self) -> ModelCardText:
         raise NotImplementedError
+
+    def export(self, output_dir: str) -> ModelCardText:
+        """The pipeline folder (safetensors, with the code of our own classes) and its model card text."""
+        self.make_pipeline("cpu").save_pretrained(output_dir, safe_serialization=True)
+        return self.model_card()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -55,30 +54,8 @@ class VAEGANArguments:
             raise ConfigError(f"--adversarial_weight must be non-negative; got {arguments.adversarial_weight}")
 
 
-class BaselinePipeline(NamedTuple):
-    module: str  # file in pipelines/, copied into the folder
-    class_name: str
-    component: str  # the model's subfolder
-    model_class: str  # in models/baselines.py, copied into the subfolder
-
-
-VAE_PIPELINE = BaselinePipeline("pipeline_baselines", "VAEPipeline", "vae", "ConvVAE")
-GAN_PIPELINE = BaselinePipeline("pipeline_baselines", "GANPipeline", "decoder", "ConvDecoder")
-
-
-def save_baseline_pipeline(spec: BaselinePipeline, model, output_dir: str) -> None:
-    """``output_dir`` becomes a VAEPipeline or GANPipeline folder, the model's code copied in."""
-    import models.baselines
-    import pipelines
-    from smallgen.export import save_custom_pipeline
-
-    pipeline = getattr(pipelines, spec.class_name)(**{spec.component: model})
-    save_custom_pipeline(pipeline, spec.module, output_dir,
-                         {spec.component: (models.baselines.__file__, spec.model_class)})
-
-
 class BaselineObjective(Objective):
-    pipeline: BaselinePipeline  # what the export writes
+    pipeline_component = "decoder"  # the pipeline's argument that holds pipeline_network()
     supports_ema = False
     default_latent_dim = 128
 
@@ -108,28 +85,36 @@ class BaselineObjective(Objective):
     def decoder(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def pipeline_network(self) -> torch.nn.Module:
+        """The network the exported pipeline samples with (unwrapped)."""
+        return self.decoder()
+
+    def make_pipeline(self, device="cpu"):
+        """The exported pipeline around ``pipeline_network()``, in eval mode (BatchNorm running statistics)."""
+        import pipelines
+
+        network = self.pipeline_network().to(device).eval()
+        return getattr(pipelines, self.pipeline_classes[0])(**{self.pipeline_component: network})
+
     @torch.no_grad()
     def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
-        """{"": uint8 images} decoded in eval mode (BatchNorm running statistics)."""
-        from smallgen.sampling import to_uint8
-        from smallgen.seeding import image_generators, per_image_randn
+        """{"": uint8 images} drawn by the exported pipeline; the networks' modes are restored after."""
+        from smallgen.sampling import draw_images
 
-        decoder = self.decoder()
-        was_training = decoder.training
-        decoder.eval()
-        device = self.accelerator.device
-        latents = per_image_randn(image_generators(seed, range(num_images), device), (self.model_args.latent_dim,),
-                                  device)
-        images = decoder(latents)
-        decoder.train(was_training)
-        return {"": to_uint8(images).cpu()}
+        modes = [(network, network.training) for network in self.networks.values()]
+        try:
+            pipeline = self.make_pipeline(self.accelerator.device)
+            pipeline.set_progress_bar_config(disable=True)
+            return {"": draw_images(pipeline, num_images, seed, batch_size=self.train_args.eval_batch_size)}
+        finally:
+            for network, training in modes:
+                network.train(training)
 
-    def export(self, output_dir: str) -> ModelCardText:
-        save_baseline_pipeline(self.pipeline, self.export_model(), output_dir)
+    def model_card(self) -> ModelCardText:
         m = self.model_args
         return ModelCardText(
             description=(f"A {self.name.upper()} baseline (latent {m.latent_dim}, {self.data_args.resolution} px) "
-                         f"trained with smallgen's `train_unconditional.py`. Load it with `{self.pipeline.class_name}."
+                         f"trained with smallgen's `train_unconditional.py`. Load it with `{self.pipeline_classes[0]}."
                          "from_pretrained` (smallgen installed) or `DiffusionPipeline.from_pretrained(..., "
                          "trust_remote_code=True)`: the pipeline and model code are in this folder."),
             tags=[self.name, "baseline"],
@@ -138,18 +123,14 @@ class BaselineObjective(Objective):
             trust_remote_code=True,
         )
 
-    def export_model(self) -> torch.nn.Module:
-        """The network the pipeline samples with (unwrapped, on the CPU, eval mode)."""
-        return self.decoder().to("cpu").eval()
-
 
 class VAEObjective(BaselineObjective):
     """Negative ELBO: summed squared error + kl_weight * KL."""
 
     name = "vae"
     arguments = (BaselineArguments, VAEArguments)
-    pipeline = VAE_PIPELINE
-    pipeline_classes = (VAE_PIPELINE.class_name,)
+    pipeline_classes = ("VAEPipeline",)
+    pipeline_component = "vae"
     validation_names = ("val_loss", "val_recon_loss", "val_kl_loss")
 
     def build_networks(self):
@@ -180,8 +161,8 @@ class VAEObjective(BaselineObjective):
     def decoder(self):
         return self.accelerator.unwrap_model(self.networks["vae"]).decoder
 
-    def export_model(self):
-        return self.accelerator.unwrap_model(self.networks["vae"]).to("cpu").eval()
+    def pipeline_network(self):
+        return self.accelerator.unwrap_model(self.networks["vae"])
 
 
 class DCGANObjective(BaselineObjective):
@@ -189,8 +170,7 @@ class DCGANObjective(BaselineObjective):
 
     name = "dcgan"
     arguments = (BaselineArguments,)
-    pipeline = GAN_PIPELINE
-    pipeline_classes = (GAN_PIPELINE.class_name,)
+    pipeline_classes = ("GANPipeline",)
     default_latent_dim = 100
 
     def build_networks(self):
@@ -253,8 +233,8 @@ class VAEGANObjective(VAEObjective):
 
     name = "vaegan"
     arguments = (BaselineArguments, VAEArguments, VAEGANArguments)
-    pipeline = GAN_PIPELINE
-    pipeline_classes = (GAN_PIPELINE.class_name,)
+    pipeline_classes = ("GANPipeline",)
+    pipeline_component = "decoder"
     default_latent_dim = 256
 
     def build_networks(self):
@@ -281,5 +261,5 @@ class VAEGANObjective(VAEObjective):
         return {"train_loss": loss.detach(), "recon_loss": recon.detach(), "kl_loss": kl.detach(),
                 "d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
-    def export_model(self):
-        return self.decoder().to("cpu").eval()  # the GANPipeline samples the decoder
+    def pipeline_network(self):
+        return self.decoder()  # the GANPipeline samples the VAE's decoder

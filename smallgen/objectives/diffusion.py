@@ -15,9 +15,10 @@ from smallgen.arguments import flag
 from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
+from smallgen.sampling import Sampler
 
-# evaluate_fid.py --scheduler for DDPM-family pipelines: diffusers' schedulers from the saved config
-DDPM_SAMPLERS = {
+# diffusers' DDPM-family schedulers, made from the saved DDPMScheduler config: ("module:Class", options)
+DDPM_SCHEDULERS = {
     "ddpm": ("diffusers:DDPMScheduler", {}),
     "ddim": ("diffusers:DDIMScheduler", {}),
     "dpmsolver++": ("diffusers:DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -25,6 +26,16 @@ DDPM_SAMPLERS = {
     "unipc": ("diffusers:UniPCMultistepScheduler", {}),
     # Karras et al.'s Euler in sigma space: scales the input and the first noise
     "euler": ("diffusers:EulerDiscreteScheduler", {}),
+}
+# evaluate_fid.py --scheduler for an exported DDPMPipeline: the samplers diffusers' own pipelines run
+# right. DDIMPipeline takes eta; DDPMPipeline neither scales the model input or the first noise
+# (Euler needs both) nor leaves out the generator a step does not take (UniPC's), so those two are
+# not offered for it (the class-conditional pipeline, ours, runs them all).
+DDPM_SAMPLERS = {
+    "ddpm": Sampler(*DDPM_SCHEDULERS["ddpm"], "diffusers:DDPMPipeline"),
+    "ddim": Sampler(*DDPM_SCHEDULERS["ddim"], "diffusers:DDIMPipeline"),
+    "dpmsolver++": Sampler(*DDPM_SCHEDULERS["dpmsolver++"], "diffusers:DDPMPipeline"),
+    "dpmsolver++3m": Sampler(*DDPM_SCHEDULERS["dpmsolver++3m"], "diffusers:DDPMPipeline"),
 }
 
 
@@ -79,16 +90,6 @@ def scheduler_config(model_args) -> dict:
     return config
 
 
-def make_samplers(model_args) -> dict:
-    """{name: (sampler, steps, eta)} for the sample grids, from the same config the export writes."""
-    from models.schedulers import DDIMSampler, DDPMSampler
-
-    config = scheduler_config(model_args)
-    ddim_config = {k: v for k, v in config.items() if k != "variance_type"}
-    return {"ddpm": (DDPMSampler(**config), model_args.ddpm_num_inference_steps, None),
-            "ddim": (DDIMSampler(**ddim_config), model_args.ddim_num_inference_steps, model_args.ddim_eta)}
-
-
 class DiffusionObjective(UNetObjective):
     name = "ddpm"
     arguments = (UNetArguments, DDPMArguments)
@@ -115,15 +116,19 @@ class DiffusionObjective(UNetObjective):
         return predict
 
     def grid_samplers(self) -> dict:
-        return make_samplers(self.model_args)
+        """DDPM (--ddpm_num_inference_steps) and DDIM (--ddim_num_inference_steps, --ddim_eta)."""
+        m = self.model_args
+        return {"ddpm": ("ddpm", m.ddpm_num_inference_steps, {}),
+                "ddim": ("ddim", m.ddim_num_inference_steps, {"eta": m.ddim_eta})}
 
-    def export(self, output_dir: str) -> ModelCardText:
+    def make_pipeline(self, device="cpu"):
         from diffusers import DDPMPipeline, DDPMScheduler
 
-        config = scheduler_config(self.model_args)
-        pipeline = DDPMPipeline(unet=self.averaged_unet().to("cpu"), scheduler=DDPMScheduler(**config))
-        pipeline.save_pretrained(output_dir, safe_serialization=True)
+        return DDPMPipeline(unet=self.averaged_unet(device), scheduler=DDPMScheduler(**scheduler_config(self.model_args)))
+
+    def model_card(self) -> ModelCardText:
         m = self.model_args
+        config = scheduler_config(m)
         return ModelCardText(
             description=(f"A DDPM ({m.ddpm_beta_schedule} schedule, T = {m.ddpm_num_steps}, {m.prediction_type} "
                          "prediction) trained with smallgen's `train_unconditional.py`. Load it with `DDPMPipeline` "

@@ -15,6 +15,7 @@ from smallgen.arguments import flag
 from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
+from smallgen.sampling import Sampler
 
 # diffusers' EDM scheduler settings: the paper's noise range and Karras sigma spacing.
 EDM_SCHEDULER = dict(sigma_min=0.002, sigma_max=80.0, rho=7.0, prediction_type="epsilon", sigma_schedule="karras")
@@ -39,9 +40,9 @@ class EDMObjective(UNetObjective):
     arguments = (UNetArguments, EDMArguments)
     pipeline_classes = ("EDMPipeline",)
     # evaluate_fid.py --scheduler: diffusers' EDM schedulers and our EDM Heun (2 evaluations a step but the last)
-    samplers = {"edm-euler": ("diffusers:EDMEulerScheduler", {}),
-                "edm-dpmsolver": ("diffusers:EDMDPMSolverMultistepScheduler", {}),
-                "edm-heun": ("pipelines.pipeline_edm:EDMHeunScheduler", {})}
+    samplers = {"edm-euler": Sampler("diffusers:EDMEulerScheduler"),
+                "edm-dpmsolver": Sampler("diffusers:EDMDPMSolverMultistepScheduler"),
+                "edm-heun": Sampler("pipelines.scheduling_edm_heun:EDMHeunScheduler")}
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         from models.edm import EDMPreconditioning
@@ -70,25 +71,21 @@ class EDMObjective(UNetObjective):
 
     def grid_samplers(self) -> dict:
         """diffusers' EDM Euler and DPM-Solver++ (2M), --ddim_num_inference_steps each."""
-        from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
+        steps = self.model_args.ddim_num_inference_steps
+        return {"edm_euler": ("edm-euler", steps, {}), "edm_dpmsolver": ("edm-dpmsolver", steps, {})}
 
-        config, steps = self.scheduler_config(), self.model_args.ddim_num_inference_steps
-        return {"edm_euler": (EDMEulerScheduler(**config), steps, None),
-                "edm_dpmsolver": (EDMDPMSolverMultistepScheduler(**config), steps, None)}
-
-    def export(self, output_dir: str) -> ModelCardText:
+    def make_pipeline(self, device="cpu"):
         from diffusers import EDMEulerScheduler
 
-        from pipelines.pipeline_edm import EDMPipeline
-        from smallgen.export import save_custom_pipeline
+        from pipelines import EDMPipeline
 
-        config = self.scheduler_config()
-        pipeline = EDMPipeline(unet=self.averaged_unet().to("cpu"), scheduler=EDMEulerScheduler(**config))
-        save_custom_pipeline(pipeline, "pipeline_edm", output_dir)
+        return EDMPipeline(unet=self.averaged_unet(device), scheduler=EDMEulerScheduler(**self.scheduler_config()))
+
+    def model_card(self) -> ModelCardText:
         return ModelCardText(
             description=("An EDM-preconditioned diffusion model (Karras et al. 2022) trained with smallgen's "
                          "`train_unconditional.py`. Load it with `EDMPipeline.from_pretrained` (smallgen installed) "
                          "or `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`; it samples with "
                          "diffusers' EDMEulerScheduler, and EDMDPMSolverMultistepScheduler swaps in."),
-            tags=["edm", "karras"], arguments=config, trust_remote_code=True,
+            tags=["edm", "karras"], arguments=self.scheduler_config(), trust_remote_code=True,
         )

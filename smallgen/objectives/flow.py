@@ -15,6 +15,7 @@ from smallgen.arguments import flag
 from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
+from smallgen.sampling import Sampler
 
 
 @dataclass
@@ -39,8 +40,8 @@ class FlowObjective(UNetObjective):
     name = "flow"
     arguments = (UNetArguments, FlowArguments)
     pipeline_classes = ("FlowMatchPipeline",)
-    samplers = {"flow-euler": ("diffusers:FlowMatchEulerDiscreteScheduler", {}),
-                "flow-heun": ("diffusers:FlowMatchHeunDiscreteScheduler", {})}  # 2 evaluations a step but the last
+    samplers = {"flow-euler": Sampler("diffusers:FlowMatchEulerDiscreteScheduler"),
+                "flow-heun": Sampler("diffusers:FlowMatchHeunDiscreteScheduler")}  # 2 evaluations a step but the last
 
     def make_loss(self):
         from models.flow import FlowMatchingLoss
@@ -61,21 +62,18 @@ class FlowObjective(UNetObjective):
 
     def grid_samplers(self) -> dict:
         """diffusers' flow-matching Euler and Heun, --ddim_num_inference_steps each."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
-
         steps = self.model_args.ddim_num_inference_steps
-        return {"flow_euler": (FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIMESTEP_SCALE), steps, None),
-                "flow_heun": (FlowMatchHeunDiscreteScheduler(num_train_timesteps=TIMESTEP_SCALE), steps, None)}
+        return {"flow_euler": ("flow-euler", steps, {}), "flow_heun": ("flow-heun", steps, {})}
 
-    def export(self, output_dir: str) -> ModelCardText:
+    def make_pipeline(self, device="cpu"):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from pipelines.pipeline_flow import FlowMatchPipeline
-        from smallgen.export import save_custom_pipeline
+        from pipelines import FlowMatchPipeline
 
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIMESTEP_SCALE)
-        save_custom_pipeline(FlowMatchPipeline(unet=self.averaged_unet().to("cpu"), scheduler=scheduler),
-                             "pipeline_flow", output_dir)
+        return FlowMatchPipeline(unet=self.averaged_unet(device),
+                                 scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=TIMESTEP_SCALE))
+
+    def model_card(self) -> ModelCardText:
         m = self.model_args
         return ModelCardText(
             description=("A flow-matching model (straight paths, velocity prediction; Lipman et al. 2023, Liu et al. "

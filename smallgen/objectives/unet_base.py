@@ -2,7 +2,8 @@
 ``--model_config_name_or_path``), AdamW over its weights, gradient accumulation, an optional EMA
 (diffusers' EMAModel), validation with the training loss, and sample grids drawn with the model
 type's samplers. A subclass says what its loss is (``make_loss``, the math in ``models/``), how
-the loss sees the network (``denoiser``), which samplers draw its grids and how it is exported.
+the loss sees the network (``denoiser``), its pipeline (``make_pipeline``) and which samplers draw
+its grids.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ class UNetObjective(Objective):
 
     # ------------------------------------------------------------------ sampling and export
 
-    def averaged_unet(self):
-        """The weights to sample and export: the EMA if kept, else the trained ones (a copy, eval mode)."""
+    def averaged_unet(self, device=None):
+        """The weights to sample and export: the EMA if kept, else the trained ones (a copy, eval mode,
+        on ``device``: default the accelerator's)."""
         from diffusers import UNet2DModel
 
         trained = self.accelerator.unwrap_model(self.unet)
@@ -150,20 +152,25 @@ class UNetObjective(Objective):
         model.load_state_dict(trained.state_dict())
         if self.ema is not None:
             self.ema.copy_to(model.parameters())
-        return model.to(self.accelerator.device).eval()
+        return model.to(device or self.accelerator.device).eval()
+
+    def make_pipeline(self, device="cpu"):
+        """The exported pipeline, holding ``averaged_unet(device)`` and the model type's scheduler."""
+        raise NotImplementedError
 
     def grid_samplers(self) -> dict:
-        """{grid name: (scheduler, steps, eta or None)} for the sample grids."""
+        """{grid name: (sampler name in ``samplers``, steps, call options)} for the sample grids."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
-        from smallgen.sampling import sample_images
+    def sample_grids(self, num_images: int, seed: int, **call_options) -> dict[str, torch.Tensor]:
+        """Each grid drawn by the exported pipeline with its sampler (``smallgen.sampling``);
+        ``call_options`` go to every pipeline call besides each grid's own."""
+        from smallgen.sampling import draw_images, with_sampler
 
-        channels_last = self.train_args.channels_last
-        model = self.averaged_unet()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return {name: sample_images(model, scheduler, num_images, steps, seed=seed, eta=eta,
-                                    batch_size=self.train_args.eval_batch_size, channels_last=channels_last)
-                for name, (scheduler, steps, eta) in self.grid_samplers().items()}
+        pipeline = self.make_pipeline(self.accelerator.device)
+        if self.train_args.channels_last:
+            pipeline.unet.to(memory_format=torch.channels_last)
+        return {name: draw_images(with_sampler(pipeline, self.samplers[sampler]), num_images, seed,
+                                  batch_size=self.train_args.eval_batch_size, num_inference_steps=steps, **options, **call_options)
+                for name, (sampler, steps, options) in self.grid_samplers().items()}
