@@ -333,6 +333,50 @@ def test_a_hub_id_loads_into_the_installed_classes_offline(name, tmp_path, monke
     same_pipeline(pipeline, loaded, name)
 
 
+HUB_LOAD = """
+import json, sys, numpy as np, torch
+import pipelines
+from diffusers import DiffusionPipeline
+report = {}
+for name, class_name in json.load(open(sys.argv[1])):
+    pipe = getattr(pipelines, class_name).from_pretrained("someone/" + name, cache_dir=sys.argv[2])
+    kinds = [type(pipe).__module__] + [type(c).__module__ for c in pipe.components.values()]
+    try:
+        DiffusionPipeline.from_pretrained("someone/" + name, cache_dir=sys.argv[2] + "-diffusers")
+        plain = "loaded"
+    except ValueError as exc:
+        plain = "needs trust_remote_code" if "trust_remote_code" in str(exc) else str(exc)
+    report[name] = [sorted(set(k.split(".")[0] for k in kinds)), plain]
+print(json.dumps(report))
+"""
+
+
+def test_a_hub_id_loads_into_the_installed_classes_from_a_server(tmp_path):
+    """Online (a local server answering as the Hub): our class fetches the files and loads them into
+    the installed classes; diffusers' own loader would have to run the repository's code."""
+    import subprocess
+    import sys
+
+    from tests.fakehub import FakeHubRepos
+
+    ours = [name for name, case in CASES.items() if not case.reference]
+    for name in ours:
+        build(name).save_pretrained(tmp_path / "repos" / name)
+    (tmp_path / "jobs.json").write_text(json.dumps([[name, CASES[name].pipeline] for name in ours]))
+    (tmp_path / "load.py").write_text(HUB_LOAD)
+    with FakeHubRepos({f"someone/{name}": str(tmp_path / "repos" / name) for name in ours}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_MODULES_CACHE": str(tmp_path / "m")}
+        result = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(tmp_path / "jobs.json"),
+                                 str(tmp_path / "cache")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in ours:
+        libraries, plain = report[name]
+        assert "diffusers_modules" not in libraries, (name, libraries)  # no repository code ran
+        assert plain == "needs trust_remote_code", (name, plain)
+    assert any(r.startswith("GET /someone/") for r in hub.requests)
+
+
 # ----------------------------------------------------------------------------- diffusers' loader, elsewhere
 
 LOAD_ELSEWHERE = """

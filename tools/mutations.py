@@ -283,7 +283,7 @@ MUTATIONS = [
       "pipelines/portable_pipeline.py",
       [("        if not os.path.isdir(folder):\n            from huggingface_hub import snapshot_download\n",
         "        if False:\n            from huggingface_hub import snapshot_download\n")],
-      [f"{CONVENTIONS}::test_a_hub_id_loads_into_the_installed_classes_offline"]),
+      [f"{CONVENTIONS}::test_a_hub_id_loads_into_the_installed_classes_from_a_server"]),
     m("no-cpu-offload-sequence", "model_cpu_offload_seq names every network", "pipelines/pipeline_flow.py",
       [('    model_cpu_offload_seq = "unet"\n', "")],
       [f"{CONVENTIONS}::test_model_cpu_offload_names_every_network_and_samples"]),
