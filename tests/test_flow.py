@@ -177,6 +177,31 @@ def test_flow_learns_a_two_colour_set(tmp_path):
     assert (red > blue).any() and (blue > red).any(), (red, blue)  # both modes, none dropped
 
 
+def test_the_unet_sees_timestep_1000_t_in_training_as_the_schedulers_sample(sprites_dir, tiny_unet_config, tmp_path):
+    """Training calls the UNet at timestep 1000 t, the scale at which diffusers' flow schedulers hand it
+    timesteps (sigma 1000) when sampling."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from smallgen.config import parse_args
+    from smallgen.trainer import build_objective
+
+    objective = build_objective(*parse_args([str(a) for a in flow_args(sprites_dir, tiny_unet_config, tmp_path / "x")]))
+    seen = []
+
+    def recording(noisy, timestep):
+        seen.append(timestep)
+        return SimpleNamespace(sample=torch.zeros_like(noisy))
+
+    t = torch.tensor([0.0, 0.25, 1.0])
+    objective.denoiser(recording)(torch.zeros(3, 3, 8, 8), t)
+    assert torch.equal(seen[0], t * 1000)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(4)
+    assert torch.allclose(scheduler.timesteps, scheduler.sigmas[:-1] * 1000)
+
+
 def test_flow_flags_are_checked_reach_the_loss_and_only_flow_takes_them(sprites_dir, tiny_unet_config, tmp_path):
     from smallgen.config import ModelArguments, parse_args
     from smallgen.trainer import build_objective

@@ -256,7 +256,7 @@ MUTATIONS = [
       ["tests/test_flow.py::test_sampling_is_a_written_out_euler_integration_of_the_ode"]),
     m("flow-time-not-scaled", "the flow UNet is trained at timestep 1000 t, as diffusers' flow schedulers sample it",
       "smallgen/objectives/flow.py", [("network(noisy, t * TIMESTEP_SCALE)", "network(noisy, t)")],
-      ["tests/test_flow.py::test_flow_learns_a_two_colour_set"]),
+      ["tests/test_flow.py::test_the_unet_sees_timestep_1000_t_in_training_as_the_schedulers_sample"]),
     m("gan-ema-not-exported", "dcgan --use_ema exports the EMA generator", "smallgen/objectives/baselines.py",
       [("        self.ema.copy_to(averaged.parameters())\n", "")],
       ["tests/test_baselines.py::test_dcgan_ema_is_what_the_pipeline_samples"]),
