@@ -8,7 +8,10 @@
 Run with --help for every flag. The work is done in smallgen/evaluation.py.
 """
 
-from smallgen.evaluation import main
-
 if __name__ == "__main__":
+    from smallgen.environment import require_a_working_installation
+
+    require_a_working_installation()  # before diffusers and transformers are imported
+    from smallgen.evaluation import main
+
     main()

@@ -6,7 +6,10 @@ Flags follow diffusers' examples/unconditional_image_generation/train_unconditio
 --help for the list. The loop is smallgen/trainer.py; each model type is an objective in smallgen/objectives/.
 """
 
-from smallgen.trainer import main
-
 if __name__ == "__main__":
+    from smallgen.environment import require_a_working_installation
+
+    require_a_working_installation()  # before diffusers and transformers are imported
+    from smallgen.trainer import main
+
     main()

@@ -9,10 +9,13 @@ grad-scaler state is put back, so the run that follows equals ``--max_train_step
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 from smallgen.checkpoints import stateful_parts
 
+DEFAULT_GRID_EPOCHS = 10  # --save_images_epochs without a time budget
+GRID_SHARE = 0.1  # with a time budget, sample grids take at most this share of it (the last round always)
 UNTIMED_STEPS = 5  # compilation, allocator warm-up, cuDNN autotuning: not representative
 MAX_TIMING_SECONDS = 60.0
 TIMING_SHARE = 0.1  # at most this share of the budget is spent timing (off the clock)
@@ -57,3 +60,36 @@ def steps_in_budget(minutes: float, step_seconds: float, cap: int | None) -> int
     """Whole steps that fit in ``minutes`` (at least one), capped by ``--max_train_steps``."""
     steps = max(1, int(minutes * 60 / step_seconds))
     return min(steps, cap) if cap else steps
+
+
+def grid_interval(num_epochs: int, round_seconds: float, budget_minutes: float | None) -> int:
+    """Epochs between rounds of sample grids when --save_images_epochs is unset: every 10 without a
+    time budget; with one, as many rounds as fit in a tenth of it (the round at the end is always drawn)."""
+    if not budget_minutes:
+        return DEFAULT_GRID_EPOCHS
+    rounds = int(GRID_SHARE * budget_minutes * 60 / max(round_seconds, 1e-9))
+    return num_epochs + 1 if rounds <= 1 else max(1, math.ceil(num_epochs / rounds))
+
+
+def grid_rounds(first_epoch: int, num_epochs: int, every: int) -> int:
+    """Rounds of grids drawn at the end of epochs first_epoch ... num_epochs - 1 (the last one included)."""
+    return len({e for e in range(first_epoch, num_epochs) if (e + 1) % every == 0} | {num_epochs - 1})
+
+
+def off_clock_summary(grid_seconds: float, rounds: int, num_images: int, validation_seconds: float | None,
+                      epochs: int) -> str:
+    """What the run will spend outside its training steps, said before training starts."""
+    grids = f"sample grids of {num_images} images {grid_seconds:.1f} s a round x {rounds}"
+    validation = ("no validation" if validation_seconds is None
+                  else f"validation {validation_seconds:.1f} s x {epochs} epochs")
+    total = grid_seconds * rounds + (validation_seconds or 0.0) * epochs
+    about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
+    return f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints and the export"
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process started (imports and data loading included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+

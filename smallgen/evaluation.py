@@ -263,13 +263,6 @@ def sampling_pipeline(pipeline, args: EvaluationArguments):
     return with_sampler(pipeline, sampler_of(pipeline, args.scheduler))
 
 
-def network_evaluations(scheduler, steps: int) -> int:
-    """Network calls per image for ``steps`` sampling steps (Heun's corrector calls it twice a step)."""
-    scheduler = type(scheduler).from_config(scheduler.config)
-    scheduler.set_timesteps(steps)
-    return len(scheduler.timesteps)
-
-
 def check_sampler_steps(scheduler, steps: int) -> None:
     """Refuse a setting that indexes past the schedule (e.g. steps_offset 1 with steps == T)."""
     from models.schedulers import inference_timesteps
@@ -451,7 +444,7 @@ def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
 
 
 def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, device, weights) -> dict:
-    from smallgen.sampling import call_accepts
+    from smallgen.sampling import call_accepts, network_evaluations
 
     diffusion = pipeline is not None and is_diffusion_pipeline(pipeline)
     takes_batchnorm = pipeline is not None and call_accepts(pipeline, "batchnorm")

@@ -44,6 +44,13 @@ def with_sampler(pipeline, sampler: Sampler):
     return sampling
 
 
+def network_evaluations(scheduler, steps: int) -> int:
+    """Network calls per image for ``steps`` sampling steps (Heun's corrector calls it twice a step)."""
+    scheduler = type(scheduler).from_config(scheduler.config)
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
 def call_accepts(pipeline, name: str) -> bool:
     return name in inspect.signature(pipeline.__call__).parameters
 

@@ -101,6 +101,7 @@ class Trainer:
         self.sums, self.count = {}, 0  # device sums of the logged values since the last log line
         self.interval_start, self.images_in_interval = 0.0, 0  # for the logged img/s
         self.stop_signal: int | None = None  # set by the first SIGTERM/SIGINT
+        self.grid_every = args.save_images_epochs  # epochs between sample grids (planned in setup if unset)
 
     # ------------------------------------------------------------------ the run
 
@@ -108,6 +109,7 @@ class Trainer:
         self.setup()
         if self.global_step >= self.plan.max_train_steps and self.resume_path is not None:
             return self.finished_already()
+        self.plan_off_clock()
         self.open_logs()
         self.run_start = time.perf_counter() - self.elapsed_before
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -189,6 +191,25 @@ class Trainer:
         self.plan = StepPlan.for_run(len(self.feeder), args, fixed_steps=steps)
         self.objective.make_lr_schedules(steps)
         accelerator.print(f"time budget {args.max_train_minutes:g} min: {steps} optimizer steps ({how})")
+
+    def plan_off_clock(self) -> None:
+        """Time a round of sample grids and a validation pass, choose how often grids are drawn
+        (--save_images_epochs, else budget.grid_interval) and say what the run spends off the clock."""
+        from smallgen import budget
+
+        args, accelerator = self.args, self.accelerator
+        grid_seconds = self.objective.grid_seconds(args.num_sample_images) if accelerator.is_main_process else 0.0
+        validation_seconds = None
+        if self.validation_images is not None and self.objective.validation_names:
+            start = time.perf_counter()
+            self.validate()
+            validation_seconds = time.perf_counter() - start
+        self.grid_every = args.save_images_epochs or budget.grid_interval(self.plan.num_epochs, grid_seconds,
+                                                                          args.max_train_minutes)
+        rounds = budget.grid_rounds(self.first_epoch, self.plan.num_epochs, self.grid_every)
+        epochs = self.plan.num_epochs - self.first_epoch
+        accelerator.print(budget.off_clock_summary(grid_seconds, rounds, args.num_sample_images, validation_seconds,
+                                                   epochs))
 
     def slowest(self, seconds: float) -> float:
         """The largest of ``seconds`` over the processes (the same on every process)."""
@@ -354,7 +375,7 @@ class Trainer:
                 plot_loss_curves(self.metrics.read(), os.path.join(args.output_dir, "loss_curves.png"),
                                  title=f"{self.objective.name} training and validation losses")
         last_epoch = epoch == self.plan.num_epochs - 1 or self.global_step >= self.plan.max_train_steps
-        if accelerator.is_main_process and ((epoch + 1) % args.save_images_epochs == 0 or last_epoch):
+        if accelerator.is_main_process and ((epoch + 1) % self.grid_every == 0 or last_epoch):
             with self.writing("the sample grids"):
                 self.save_sample_grids(f"epoch_{epoch:04d}")
         accelerator.wait_for_everyone()
@@ -405,6 +426,9 @@ class Trainer:
                    "images_per_second": images_seen / max(self.clock_seconds, 1e-9)}
         if self.args.max_train_minutes:
             results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds)
+        from smallgen.budget import process_seconds
+
+        results["wall_seconds"] = process_seconds()  # since the process started, until the export
         accelerator.print(f"{self.global_step} steps, {images_seen} images in {self.clock_seconds / 60:.2f} min of "
                           f"training steps; {results['training_seconds'] / 60:.2f} min with validation, grids "
                           f"and checkpoints")

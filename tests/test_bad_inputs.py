@@ -139,3 +139,19 @@ def test_a_checkpoint_of_another_kind_of_run_is_refused(sprites_dir, tiny_unet_c
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=4,
                                resume_from_checkpoint=out / "checkpoint-2", **other))
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("command", ["train_unconditional.py", "evaluate_fid.py"])
+def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path, command):
+    """PyPI's torchvision beside a CPU-only torch fails inside transformers' imports with this
+    RuntimeError (reproduced: torch 2.13.0+cpu with torchvision 0.28.0); the scripts say what to do."""
+    from tests.conftest import ROOT
+
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    result = script(command, "--help", env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: torchvision was not built for the installed torch") and "Traceback" not in result.stderr
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in last

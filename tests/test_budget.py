@@ -130,3 +130,31 @@ def test_the_budgeted_step_count_reaches_the_lr_schedule(sprites_dir, tiny_unet_
     lrs = [r["lr"] for r in records if "lr" in r]
     assert results["global_step"] < 400 and len(lrs) == results["global_step"]
     assert lrs[0] > 1e-4 and lrs[-1] < 1e-9, (lrs[0], lrs[-1])
+
+
+def test_grids_take_a_tenth_of_a_budget_and_the_last_round_is_always_drawn():
+    assert budget.grid_interval(50, 1.0, None) == 10  # no budget: every 10 epochs
+    assert budget.grid_interval(17, 17.0, 1.0) == 18 and budget.grid_rounds(0, 17, 18) == 1  # only at the end
+    assert budget.grid_interval(40, 1.0, 1.0) == 7 and budget.grid_rounds(0, 40, 7) == 6  # 6 rounds fit in 6 s
+    assert budget.grid_interval(3, 0.01, 1.0) == 1 and budget.grid_rounds(0, 3, 1) == 3  # at most one an epoch
+    assert budget.grid_rounds(20, 50, 10) == 3  # resumed at epoch 20: after epochs 30, 40 and 50
+
+
+def test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it(sprites_dir, tiny_unet_config, tmp_path):
+    """Without --save_images_epochs and --ddpm_num_inference_steps, on the CPU: the run times a round
+    of grids and a validation pass, says so before training, draws the rounds it announced (no DDPM
+    grid: T steps on the CPU take minutes) and records its wall time."""
+    from tests.helpers import script
+
+    out = tmp_path / "run"
+    argv = tiny_args(sprites_dir, tiny_unet_config, out, ddpm_num_inference_steps=None, save_images_epochs=None,
+                     max_train_minutes=0.05)
+    result = script("train_unconditional.py", *argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("off the clock")]
+    assert "sample grids of 4 images" in line and "validation" in line, line
+    rounds = int(line.split(" a round x ")[1].split(";")[0])
+    grids = sorted(p.name for p in (out / "samples").iterdir())
+    assert len(grids) == rounds and all(name.endswith("_ddim.png") for name in grids), (line, grids)
+    results = json.loads((out / "results.json").read_text())
+    assert results["wall_seconds"] > results["training_seconds"] > 0

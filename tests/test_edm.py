@@ -103,7 +103,7 @@ def test_edm_heun_is_karras_algorithm_1(tiny_unet):
     """Our EDMHeunScheduler in EDMPipeline is Heun's method of Karras et al.'s Algorithm 1
     (S_churn = 0) written out: 2N - 1 network calls, Euler for the last step to 0."""
     from pipelines import EDMHeunScheduler
-    from smallgen.evaluation import network_evaluations
+    from smallgen.sampling import network_evaluations
 
     calls = []
     hook = tiny_unet.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[1]))

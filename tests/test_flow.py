@@ -75,9 +75,8 @@ def test_sampling_is_a_written_out_euler_integration_of_the_ode(tiny_unet):
     from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
     from pipelines.pipeline_flow import FlowMatchPipeline
-    from smallgen.evaluation import network_evaluations
     from smallgen.objectives.flow import FlowObjective
-    from smallgen.sampling import draw_images, to_uint8, with_sampler
+    from smallgen.sampling import draw_images, network_evaluations, to_uint8, with_sampler
     from smallgen.seeding import image_generators
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)

@@ -327,6 +327,16 @@ MUTATIONS = [
       [("        return list(self.label_embedding.config.class_names)",
         "        return getattr(self, \"names\", [str(i) for i in range(len(self.label_embedding.config.class_names))])")],
       [f"{CONVENTIONS}::test_components_rebuild_an_equal_pipeline"]),
+    m("torchvision-mismatch-not-caught", "a torchvision built for another torch is one clear line",
+      "smallgen/environment.py", [("    except RuntimeError as exc:", "    except ImportError as exc:")],
+      ["tests/test_bad_inputs.py::test_a_torchvision_built_for_another_torch_is_one_line"]),
+    m("grids-ignore-the-budget", "with a time budget, sample grids take at most a tenth of it", "smallgen/budget.py",
+      [("    if not budget_minutes:\n        return DEFAULT_GRID_EPOCHS\n", "    return DEFAULT_GRID_EPOCHS\n")],
+      ["tests/test_budget.py::test_grids_take_a_tenth_of_a_budget_and_the_last_round_is_always_drawn"]),
+    m("ddpm-grid-on-the-cpu", "on the CPU no DDPM grid unless asked for", "smallgen/objectives/diffusion.py",
+      [('        if ddpm_steps is None and self.accelerator.device.type != "cpu":',
+        "        if ddpm_steps is None:")],
+      ["tests/test_budget.py::test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it"]),
 ]
 
 

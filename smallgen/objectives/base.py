@@ -20,6 +20,7 @@ flags, networks, loss, optimizers and extra checkpoint state, its pipeline and i
 * ``make_pipeline(device)``: the pipeline it exports, holding the weights to sample (EMA if kept);
 * ``sample_grids(num_images, seed)``: {name: uint8 images, or (images, images per row)}, image i
   depending only on (seed, i), drawn through ``make_pipeline``'s ``__call__`` (``smallgen.sampling``);
+  ``grid_seconds(num_images)`` what one round of them costs (the trainer plans and announces it);
 * ``model_card()``: the ``ModelCardText`` of the export; ``export(output_dir)`` saves the pipeline
   (with its code, ``pipelines/portable_pipeline.py``) and returns it.
 """
@@ -139,6 +140,15 @@ class Objective:
     @torch.no_grad()
     def sample_grids(self, num_images: int, seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def grid_seconds(self, num_images: int) -> float:
+        """Seconds one round of sample grids takes: drawn once and timed (quick for one network call an
+        image; the UNet types estimate theirs)."""
+        import time
+
+        start = time.perf_counter()
+        self.sample_grids(num_images, seed=0)
+        return time.perf_counter() - start
 
     def model_card(self) -> ModelCardText:
         raise NotImplementedError

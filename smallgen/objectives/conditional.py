@@ -115,14 +115,22 @@ class ClassConditionalObjective(DiffusionObjective):
                                         scheduler=DDPMScheduler(**scheduler_config(self.model_args)),
                                         label_embedding=self.averaged_label_embedding(device))
 
+    def grid_layout(self, num_images: int) -> tuple[int, dict]:
+        """One row per class (or per single context label) of max(1, num_images // K) samples: (images
+        per row, the pipeline call's label and guidance keywords)."""
+        per_class = max(1, num_images // self.labels.size)
+        return per_class, {"class_labels": lambda indices: [i // per_class for i in indices],
+                           "guidance_scale": self.model_args.guidance_scale}
+
     @torch.no_grad()
     def sample_grids(self, num_images: int, seed: int) -> dict:
-        """One row per class (or per single context label): max(1, num_images // K) samples each."""
-        per_class = max(1, num_images // self.labels.size)
-        options = {"class_labels": lambda indices: [i // per_class for i in indices],
-                   "guidance_scale": self.model_args.guidance_scale}
+        per_class, options = self.grid_layout(num_images)
         grids = super().sample_grids(per_class * self.labels.size, seed, **options)
         return {name: (images, per_class) for name, images in grids.items()}
+
+    def grid_seconds(self, num_images: int) -> float:
+        per_class, options = self.grid_layout(num_images)
+        return super().grid_seconds(per_class * self.labels.size, **options)
 
     def model_card(self) -> ModelCardText:
         m = self.model_args

@@ -53,7 +53,9 @@ class DDPMArguments:
                                    group="ddpm")
     variance_type: str = flag("fixed_small", "DDPM sampling variance (fixed_large: the DDPM paper's CIFAR-10).",
                               group="sampling (grids)", choices=VARIANCE_TYPES)
-    ddpm_num_inference_steps: int = flag(1000, "DDPM steps for sample grids.", group="sampling (grids)")
+    ddpm_num_inference_steps: int | None = flag(
+        None, "DDPM steps of the sample grids (default: T with a GPU; on the CPU no DDPM grid, as T steps take "
+              "minutes there).", group="sampling (grids)")
     ddim_eta: float = flag(0.0, "DDIM eta for sample grids (0 = deterministic).", group="sampling (grids)")
 
     @staticmethod
@@ -62,7 +64,7 @@ class DDPMArguments:
             raise ConfigError(f"--ddpm_num_steps must be at least 2; got {arguments.ddpm_num_steps}")
         for name in ("ddpm_num_inference_steps", "ddim_num_inference_steps"):
             steps = getattr(arguments, name)
-            if not 1 <= steps <= arguments.ddpm_num_steps:
+            if steps is not None and not 1 <= steps <= arguments.ddpm_num_steps:
                 raise ConfigError(f"--{name} must be between 1 and --ddpm_num_steps={arguments.ddpm_num_steps}; "
                                   f"got {steps}")
         if not 0 < arguments.beta_start < arguments.beta_end < 1:
@@ -116,10 +118,14 @@ class DiffusionObjective(UNetObjective):
         return predict
 
     def grid_samplers(self) -> dict:
-        """DDPM (--ddpm_num_inference_steps) and DDIM (--ddim_num_inference_steps, --ddim_eta)."""
+        """DDPM (--ddpm_num_inference_steps; unset, T steps with a GPU and none on the CPU) and DDIM
+        (--ddim_num_inference_steps, --ddim_eta)."""
         m = self.model_args
-        return {"ddpm": ("ddpm", m.ddpm_num_inference_steps, {}),
-                "ddim": ("ddim", m.ddim_num_inference_steps, {"eta": m.ddim_eta})}
+        ddpm_steps = m.ddpm_num_inference_steps
+        if ddpm_steps is None and self.accelerator.device.type != "cpu":
+            ddpm_steps = m.ddpm_num_steps
+        grids = {} if ddpm_steps is None else {"ddpm": ("ddpm", ddpm_steps, {})}
+        return {**grids, "ddim": ("ddim", m.ddim_num_inference_steps, {"eta": m.ddim_eta})}
 
     def make_pipeline(self, device="cpu"):
         from diffusers import DDPMPipeline, DDPMScheduler

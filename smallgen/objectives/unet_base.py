@@ -162,6 +162,25 @@ class UNetObjective(Objective):
         """{grid name: (sampler name in ``samplers``, steps, call options)} for the sample grids."""
         raise NotImplementedError
 
+    def grid_seconds(self, num_images: int, **call_options) -> float:
+        """One round of grids, estimated from one timed sampling step of one batch per grid: a grid costs
+        its network evaluations (batches x NFE) times that."""
+        import math
+        import time
+
+        from smallgen.sampling import draw_images, network_evaluations, with_sampler
+
+        pipeline = self.make_pipeline(self.accelerator.device)
+        batch = min(num_images, self.train_args.eval_batch_size)
+        total = 0.0
+        for sampler, steps, options in self.grid_samplers().values():
+            sampling = with_sampler(pipeline, self.samplers[sampler])
+            start = time.perf_counter()
+            draw_images(sampling, batch, batch_size=batch, num_inference_steps=1, **options, **call_options)
+            per_step = (time.perf_counter() - start) / network_evaluations(sampling.scheduler, 1)
+            total += per_step * network_evaluations(sampling.scheduler, steps) * math.ceil(num_images / batch)
+        return total
+
     @torch.no_grad()
     def sample_grids(self, num_images: int, seed: int, **call_options) -> dict[str, torch.Tensor]:
         """Each grid drawn by the exported pipeline with its sampler (``smallgen.sampling``);
