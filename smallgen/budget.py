@@ -11,11 +11,14 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 from smallgen.checkpoints import stateful_parts
 
-DEFAULT_GRID_EPOCHS = 10  # --save_images_epochs without a time budget
-GRID_SHARE = 0.1  # with a time budget, sample grids take at most this share of it (the last round always)
+DEFAULT_GRID_EPOCHS = 10  # --save_images_epochs unset, without a time budget
+DEFAULT_GRID_IMAGES, MIN_GRID_IMAGES = 16, 4  # --num_sample_images unset
+GRID_SHARE = 0.1  # with a time budget, sample grids take about this share of it (the last round always)
+VALIDATION_SHARE = 0.05  # and validation this share (the last epoch always)
 UNTIMED_STEPS = 5  # compilation, allocator warm-up, cuDNN autotuning: not representative
 MAX_TIMING_SECONDS = 60.0
 TIMING_SHARE = 0.1  # at most this share of the budget is spent timing (off the clock)
@@ -62,27 +65,49 @@ def steps_in_budget(minutes: float, step_seconds: float, cap: int | None) -> int
     return min(steps, cap) if cap else steps
 
 
-def grid_interval(num_epochs: int, round_seconds: float, budget_minutes: float | None) -> int:
-    """Epochs between rounds of sample grids when --save_images_epochs is unset: every 10 without a
-    time budget; with one, as many rounds as fit in a tenth of it (the round at the end is always drawn)."""
+@dataclass
+class OffClockPlan:
+    """How much of the work outside training steps a run does: images per grid, and the epochs between
+    rounds of grids and between validations (the last epoch always has both)."""
+
+    grid_images: int
+    grid_every: int
+    validate_every: int
+
+    def rounds(self, first_epoch: int, num_epochs: int, every: int) -> int:
+        return len({e for e in range(first_epoch, num_epochs) if (e + 1) % every == 0} | {num_epochs - 1})
+
+
+def plan_off_clock(num_epochs: int, budget_minutes: float | None, round_seconds, validation_seconds: float,
+                   grid_images: int | None, grid_every: int | None) -> OffClockPlan:
+    """Flags given are kept. Unset, without a time budget: grids of 16 images every 10 epochs, validation
+    every epoch. With a budget, the work off the clock stays near a share of it: grids of as many images
+    (16 down to 4) and as many rounds as fit in GRID_SHARE, validations in VALIDATION_SHARE.
+    ``round_seconds(images)`` is what one round of grids of that many images costs."""
     if not budget_minutes:
-        return DEFAULT_GRID_EPOCHS
-    rounds = int(GRID_SHARE * budget_minutes * 60 / max(round_seconds, 1e-9))
-    return num_epochs + 1 if rounds <= 1 else max(1, math.ceil(num_epochs / rounds))
+        return OffClockPlan(grid_images or DEFAULT_GRID_IMAGES, grid_every or DEFAULT_GRID_EPOCHS, 1)
+    seconds = budget_minutes * 60
+    images = grid_images or DEFAULT_GRID_IMAGES
+    if grid_images is None and round_seconds(images) > GRID_SHARE * seconds:
+        images = max(MIN_GRID_IMAGES, int(images * GRID_SHARE * seconds / round_seconds(images)))
+    rounds = int(GRID_SHARE * seconds / max(round_seconds(images), 1e-9))
+    every = grid_every or (num_epochs + 1 if rounds <= 1 else max(1, math.ceil(num_epochs / rounds)))
+    validations = int(VALIDATION_SHARE * seconds / max(validation_seconds, 1e-9))
+    validate_every = 1 if validations >= num_epochs else (num_epochs + 1 if validations <= 1
+                                                          else math.ceil(num_epochs / validations))
+    return OffClockPlan(images, every, validate_every)
 
 
-def grid_rounds(first_epoch: int, num_epochs: int, every: int) -> int:
-    """Rounds of grids drawn at the end of epochs first_epoch ... num_epochs - 1 (the last one included)."""
-    return len({e for e in range(first_epoch, num_epochs) if (e + 1) % every == 0} | {num_epochs - 1})
-
-
-def off_clock_summary(grid_seconds: float, rounds: int, num_images: int, validation_seconds: float | None,
-                      epochs: int) -> str:
+def off_clock_summary(plan: OffClockPlan, grid_seconds: float, validation_seconds: float | None,
+                      first_epoch: int, num_epochs: int) -> str:
     """What the run will spend outside its training steps, said before training starts."""
-    grids = f"sample grids of {num_images} images {grid_seconds:.1f} s a round x {rounds}"
-    validation = ("no validation" if validation_seconds is None
-                  else f"validation {validation_seconds:.1f} s x {epochs} epochs")
-    total = grid_seconds * rounds + (validation_seconds or 0.0) * epochs
+    grid_rounds = plan.rounds(first_epoch, num_epochs, plan.grid_every)
+    grids = f"sample grids of {plan.grid_images} images {grid_seconds:.1f} s a round x {grid_rounds}"
+    validation, total = "no validation", grid_seconds * grid_rounds
+    if validation_seconds is not None:
+        validations = plan.rounds(first_epoch, num_epochs, plan.validate_every)
+        validation = f"validation {validation_seconds:.1f} s x {validations}"
+        total += validation_seconds * validations
     about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
     return f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints and the export"
 

@@ -118,8 +118,11 @@ class TrainArguments:
     logging_steps: int = flag(50, "Log (and check the loss is finite) every N steps.", group="checkpoints and logging")
     save_images_epochs: int | None = flag(
         None, "Sample grids every N epochs and at the end (default: every 10 epochs; with --max_train_minutes, "
-              "as many rounds as fit in a tenth of the budget, timed before training).", group="sampling (grids)")
-    num_sample_images: int = flag(16, "Images per sample grid.", group="sampling (grids)")
+              "as many rounds as fit in a tenth of the budget, timed before training; validation then takes "
+              "about a twentieth, the last epoch always validated).", group="sampling (grids)")
+    num_sample_images: int | None = flag(
+        None, "Images per sample grid (default: 16; with --max_train_minutes fewer, down to 4, if a round of 16 "
+              "takes more than a tenth of the budget).", group="sampling (grids)")
     push_to_hub: bool = flag(False, "Upload the pipeline folder (no checkpoints or logs).", group="Hub")
     hub_model_id: str | None = flag(None, "Repo id; unset: the output folder's name.", group="Hub")
     hub_token: str | None = flag(None, "Token; unset: HF_TOKEN or the cached login. Never saved.", group="Hub")
@@ -137,12 +140,12 @@ class TrainArguments:
     def __post_init__(self):
         check_choices(self)
         positive = ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps",
-                    "logging_steps", "num_sample_images")
+                    "logging_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
         for name in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "cpu_threads",
-                     "save_images_epochs"):
+                     "save_images_epochs", "num_sample_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be at least 1 (or left unset); got {value}")

@@ -38,6 +38,7 @@ from smallgen.checkpoints import (
     save_checkpoint,
 )
 from smallgen.data import ImageFeeder, decode_to_uint8, load_image_datasets, uint8_to_model_range
+from smallgen.environment import use_cpu_cores
 from smallgen.errors import ConfigError, UserError
 from smallgen.files import read_json, save_json
 from smallgen.metrics import MetricsLog
@@ -101,7 +102,7 @@ class Trainer:
         self.sums, self.count = {}, 0  # device sums of the logged values since the last log line
         self.interval_start, self.images_in_interval = 0.0, 0  # for the logged img/s
         self.stop_signal: int | None = None  # set by the first SIGTERM/SIGINT
-        self.grid_every = args.save_images_epochs  # epochs between sample grids (planned in setup if unset)
+        self.off_clock = None  # grid size, epochs between grids and validations (planned before training)
 
     # ------------------------------------------------------------------ the run
 
@@ -193,23 +194,28 @@ class Trainer:
         accelerator.print(f"time budget {args.max_train_minutes:g} min: {steps} optimizer steps ({how})")
 
     def plan_off_clock(self) -> None:
-        """Time a round of sample grids and a validation pass, choose how often grids are drawn
-        (--save_images_epochs, else budget.grid_interval) and say what the run spends off the clock."""
+        """Time a round of sample grids and a validation pass, plan the grids' size and the epochs between
+        grids and validations (budget.plan_off_clock) and say what the run spends off the clock."""
         from smallgen import budget
 
         args, accelerator = self.args, self.accelerator
-        grid_seconds = self.objective.grid_seconds(args.num_sample_images) if accelerator.is_main_process else 0.0
         validation_seconds = None
         if self.validation_images is not None and self.objective.validation_names:
             start = time.perf_counter()
             self.validate()
             validation_seconds = time.perf_counter() - start
-        self.grid_every = args.save_images_epochs or budget.grid_interval(self.plan.num_epochs, grid_seconds,
-                                                                          args.max_train_minutes)
-        rounds = budget.grid_rounds(self.first_epoch, self.plan.num_epochs, self.grid_every)
-        epochs = self.plan.num_epochs - self.first_epoch
-        accelerator.print(budget.off_clock_summary(grid_seconds, rounds, args.num_sample_images, validation_seconds,
-                                                   epochs))
+        timed = {}
+
+        def round_seconds(images: int) -> float:  # main process only: the others draw no grids
+            if images not in timed:
+                timed[images] = self.objective.grid_seconds(images) if accelerator.is_main_process else 0.0
+            return timed[images]
+
+        self.off_clock = budget.plan_off_clock(self.plan.num_epochs, args.max_train_minutes, round_seconds,
+                                               validation_seconds or 0.0, args.num_sample_images,
+                                               args.save_images_epochs)
+        accelerator.print(budget.off_clock_summary(self.off_clock, round_seconds(self.off_clock.grid_images),
+                                                   validation_seconds, self.first_epoch, self.plan.num_epochs))
 
     def slowest(self, seconds: float) -> float:
         """The largest of ``seconds`` over the processes (the same on every process)."""
@@ -363,10 +369,12 @@ class Trainer:
 
     def end_epoch(self, epoch: int) -> None:
         accelerator, args = self.accelerator, self.args
-        if self.validation_images is not None:
-            self.last_val = self.validate()
+        last_epoch = epoch == self.plan.num_epochs - 1 or self.global_step >= self.plan.max_train_steps
+        validated = {}
+        if self.validation_images is not None and ((epoch + 1) % self.off_clock.validate_every == 0 or last_epoch):
+            validated = self.last_val = self.validate()
             self.check_finite(self.last_val)
-        self.metrics.log({"step": self.global_step, "epoch": epoch, **self.last_val,
+        self.metrics.log({"step": self.global_step, "epoch": epoch, **validated,
                           "elapsed_seconds": time.perf_counter() - self.run_start})
         if accelerator.is_main_process:
             from smallgen.plots import plot_loss_curves
@@ -374,8 +382,7 @@ class Trainer:
             with self.writing("the loss curves"):
                 plot_loss_curves(self.metrics.read(), os.path.join(args.output_dir, "loss_curves.png"),
                                  title=f"{self.objective.name} training and validation losses")
-        last_epoch = epoch == self.plan.num_epochs - 1 or self.global_step >= self.plan.max_train_steps
-        if accelerator.is_main_process and ((epoch + 1) % self.grid_every == 0 or last_epoch):
+        if accelerator.is_main_process and ((epoch + 1) % self.off_clock.grid_every == 0 or last_epoch):
             with self.writing("the sample grids"):
                 self.save_sample_grids(f"epoch_{epoch:04d}")
         accelerator.wait_for_everyone()
@@ -407,7 +414,7 @@ class Trainer:
         from smallgen.plots import save_image_grid
 
         self.sample_paths = []
-        for name, grid in self.objective.sample_grids(self.args.num_sample_images, self.args.seed).items():
+        for name, grid in self.objective.sample_grids(self.off_clock.grid_images, self.args.seed).items():
             images, per_row = grid if isinstance(grid, tuple) else (grid, None)  # (images, images per row)
             file = f"{tag}_{name}.png" if name else f"{tag}.png"
             path = save_image_grid(images, os.path.join(self.args.output_dir, "samples", file), per_row)
@@ -455,19 +462,6 @@ class Trainer:
         if args.push_to_hub:
             repo_id = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
             say(f"pushed to the Hub as {repo_id}")
-
-
-def use_cpu_cores(accelerator, requested: int | None) -> None:
-    """On the CPU, use this process's share of the cores: ``accelerate launch`` on a machine without a
-    GPU sets OMP_NUM_THREADS=1, which would leave all but one core idle."""
-    if accelerator.device.type != "cpu":
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    threads = requested or max(1, cores // local_processes)
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    accelerator.print(f"CPU: {torch.get_num_threads()} threads per process ({cores} cores, {local_processes} processes here)")
 
 
 def train(data_args, model_args, args) -> dict:
