@@ -134,8 +134,9 @@ class TrainArguments:
                                           "fits).", group="speed", choices=("auto", "yes", "no"))
     max_dataset_bytes: int = flag(4 << 30, "Size limit for --dataset_on_device auto.", group="speed")
     cpu_threads: int | None = flag(
-        None, "Threads per process when training on the CPU (default: the cores this process may use, shared "
-              "among the processes; accelerate launch alone would leave 1).", group="speed")
+        None, "Threads per process when training on the CPU (default: the cores this process may use that "
+              "other processes leave free, shared among the run's processes; accelerate launch alone would "
+              "leave 1).", group="speed")
 
     def __post_init__(self):
         check_choices(self)
