@@ -109,7 +109,8 @@ def off_clock_summary(plan: OffClockPlan, grid_seconds: float, validation_second
         validation = f"validation {validation_seconds:.1f} s x {validations}"
         total += validation_seconds * validations
     about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
-    return f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints and the export"
+    return (f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints "
+            "and the export")
 
 
 def process_seconds() -> float:

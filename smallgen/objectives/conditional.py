@@ -63,8 +63,8 @@ class ClassConditionalObjective(DiffusionObjective):
 
         networks = super().build_networks()
         config = networks["unet"].config
-        networks["label_embedding"] = LabelEmbedding(self.class_names, config.time_embedding_dim or config.block_out_channels[0] * 4,
-                                                     multi_label=self.labels.is_context)
+        width = config.time_embedding_dim or config.block_out_channels[0] * 4  # what the UNet adds it to
+        networks["label_embedding"] = LabelEmbedding(self.class_names, width, multi_label=self.labels.is_context)
         return networks
 
     def make_unet(self):
