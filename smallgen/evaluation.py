@@ -315,28 +315,56 @@ def call_options(pipeline, args: EvaluationArguments, steps: int | None, guidanc
     return options
 
 
+def processes() -> tuple[int, int]:
+    """(this process's index, the number of processes) under ``accelerate launch``; (0, 1) alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    return _process_state().process_index, _process_state().num_processes
+
+
+def _process_state():
+    """accelerate's PartialState for this launch (CPU processes when asked for or without a GPU)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu, timeout=timedelta(hours=12))  # the main process scores while the others wait
+
+
 def generate(pipeline, args: EvaluationArguments, steps: int | None, device: torch.device,
              guidance: float | None = None) -> torch.Tensor:
     """``args.num_samples`` images as uint8 (N, 3, H, W) from the pipeline's ``__call__``, image i from
-    its own (seed, i) generator: the same seed gives the same images."""
+    its own (seed, i) generator: the same seed gives the same images. Under several processes each
+    draws a contiguous share of the indices and every process gets all of them back, in order."""
     from contextlib import nullcontext
 
     from tqdm.auto import tqdm
 
     from smallgen.sampling import draw_images
 
+    rank, world = processes()
+    share = -(-args.num_samples // world)
+    first, count = rank * share, max(0, min(share, args.num_samples - rank * share))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     desc = "sampling" + ("" if guidance is None else f" (guidance {guidance:g})")
     options = call_options(pipeline, args, steps, guidance)
-    with autocast, tqdm(total=args.num_samples, desc=desc, unit="img") as bar:
+    with autocast, tqdm(total=count, desc=desc, unit="img", disable=rank > 0) as bar:
         try:
-            return draw_images(pipeline, args.num_samples, args.seed, args.batch_size, progress=bar, **options)
+            images = draw_images(pipeline, count, args.seed, args.batch_size, first_index=first, progress=bar,
+                                 **options) if count else None
         except (TypeError, ValueError) as exc:
             if objective_for_pipeline(type(pipeline).__name__) is not None:
                 raise
             raise UserError(f"{type(pipeline).__name__} is not an unconditional image pipeline (called with "
                             f"batch_size, generator, output_type='np'): {exc}") from None
+    if world == 1:
+        return images
+    from accelerate.utils import gather_object
+
+    return torch.cat([part for part in gather_object([images]) if part is not None])
 
 
 def save_pngs(images: torch.Tensor, folder: str) -> None:
@@ -371,76 +399,114 @@ def compute_metrics(samples: torch.Tensor, reference, weights, *, cache_name: st
     return out
 
 
+@dataclass
+class Source:
+    """Where the samples come from: a pipeline (ready to sample) or a folder of images."""
+
+    model: str
+    pipeline: object = None
+    pipeline_class: str | None = None
+    fixed_samples: torch.Tensor | None = None
+
+
+def load_source(args: EvaluationArguments, device: torch.device, resolution: int) -> Source:
+    """The pipeline (with --scheduler's sampler) or the images of --samples_dir, checked against the
+    reference's resolution."""
+    if args.samples_dir:
+        source = Source(args.samples_dir, fixed_samples=load_samples_dir(args.samples_dir, args.num_samples))
+        size = source.fixed_samples.shape[-1]
+    else:
+        loaded = load_pipeline(args.pipeline, args.trust_remote_code).to(device)
+        source = Source(args.pipeline, sampling_pipeline(loaded, args), type(loaded).__name__)
+        source.pipeline.set_progress_bar_config(disable=True)
+        size = source.pipeline.unet.config.sample_size if is_diffusion_pipeline(source.pipeline) else None
+        if size is None:
+            probe = EvaluationArguments(**{**_fields(args), "num_samples": 2})
+            size = _draw_probe(source.pipeline, probe, device)
+        size = size if isinstance(size, int) else (size[0] if size[0] == size[1] else tuple(size))
+    if size != resolution:
+        raise UserError(f"resolution mismatch: samples are {size}x{size} but the reference images are "
+                        f"{resolution}x{resolution}; pass --resolution {size} to resize the reference")
+    return source
+
+
+def _draw_probe(pipeline, args: EvaluationArguments, device: torch.device) -> int:
+    """The size of a pipeline's images, from two of them (this process alone)."""
+    from smallgen.sampling import draw_images
+
+    return draw_images(pipeline, 2, args.seed, 2, **call_options(pipeline, args, None, None)).shape[-1]
+
+
 def evaluate(args: EvaluationArguments, on_result=None) -> list[dict]:
     """One result per sampling setting; see the module doc. ``on_result(results so far)`` is called
-    after each setting (``--output_json`` is written then, so an interrupted sweep keeps its results)."""
+    after each setting (``--output_json`` is written then, so an interrupted sweep keeps its results).
+    Under ``accelerate launch`` every process draws its share of the samples and the main process
+    scores them; the others return no results."""
     from smallgen.inception import default_cache_dir, resolve_inception_weights
 
+    rank, world = processes()
     cache = args.cache_dir or str(default_cache_dir())
-    weights = resolve_inception_weights(args.inception_weights, cache)
+    with _main_process_first(world):  # downloads and caches: the main process fills them
+        weights = resolve_inception_weights(args.inception_weights, cache)
+        reference, cache_name, resolution = load_reference(args)
     if args.isc and not weights.has_classifier:
         raise UserError(f"the Inception Score needs the classifier head, which the {weights.source} weights "
                         "lack (FID and KID are exact with them). Pass torch-fidelity's own weights file "
                         "with --inception_weights, or leave out --isc")
-    reference, cache_name, resolution = load_reference(args)
     if len(reference) < 2:
         raise UserError("the reference needs at least 2 images")
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipeline = pipeline_class = None
-    if args.samples_dir:
-        fixed_samples = load_samples_dir(args.samples_dir, args.num_samples)
-        sample_resolution = fixed_samples.shape[-1]
-        model = args.samples_dir
-    else:
-        loaded = load_pipeline(args.pipeline, args.trust_remote_code).to(device)
-        pipeline_class = type(loaded).__name__
-        pipeline = sampling_pipeline(loaded, args)
-        pipeline.set_progress_bar_config(disable=True)
-        model = args.pipeline
-        size = pipeline.unet.config.sample_size if is_diffusion_pipeline(pipeline) else None
-        if size is None:
-            size = generate(pipeline, EvaluationArguments(**{**_fields(args), "num_samples": 2}), None, device).shape[-1]
-        sample_resolution = size if isinstance(size, int) else (size[0] if size[0] == size[1] else tuple(size))
-    if sample_resolution != resolution:
-        raise UserError(
-            f"resolution mismatch: samples are {sample_resolution}x{sample_resolution} but the reference images "
-            f"are {resolution}x{resolution}; pass --resolution {sample_resolution} to resize the reference"
-        )
-
-    num_samples = len(fixed_samples) if args.samples_dir else args.num_samples
+    device = _evaluation_device(args, world)
+    source = load_source(args, device, resolution)
+    num_samples = len(source.fixed_samples) if args.samples_dir else args.num_samples
     kid_subset_size = args.kid_subset_size or min(1000, num_samples, len(reference))
     if kid_subset_size > min(num_samples, len(reference)):
         raise UserError(f"--kid_subset_size {kid_subset_size} is larger than the number of samples "
                         f"({num_samples}) or reference images ({len(reference)}): lower it or add images")
 
     results = []
-    settings = sampling_settings(pipeline, args)
+    settings = sampling_settings(source.pipeline, args)
     for steps, guidance in settings:
         started = time.perf_counter()
-        if args.samples_dir:
-            samples, seconds = fixed_samples, None
-        else:
-            samples = generate(pipeline, args, steps, device, guidance)
+        samples, seconds = source.fixed_samples, None
+        if source.pipeline is not None:
+            samples = generate(source.pipeline, args, steps, device, guidance)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
+        if rank > 0:
+            continue  # the main process scores
         if args.save_samples:
             name = f"steps_{steps}" + ("" if guidance is None else f"_guidance_{guidance:g}")
             save_pngs(samples, args.save_samples if len(settings) == 1 else f"{args.save_samples}/{name}")
         metrics = compute_metrics(samples, reference, weights, cache_name=cache_name,
                                   cache_root=os.path.join(cache, "fidelity"), kid_subset_size=kid_subset_size,
                                   isc=args.isc, batch_size=args.batch_size)
-        result = _result_row(args, model, pipeline, steps, metrics, len(samples), seconds, device, weights)
-        result["pipeline_class"] = pipeline_class
-        result["guidance_scale"] = guidance
-        result.update(reference=reference_description(args, len(reference), resolution),
+        result = _result_row(args, source.model, source.pipeline, steps, metrics, len(samples), seconds, device,
+                             weights)
+        result.update(pipeline_class=source.pipeline_class, guidance_scale=guidance, num_processes=world,
+                      reference=reference_description(args, len(reference), resolution),
                       num_reference=len(reference), kid_subset_size=kid_subset_size)
         results.append(result)
         print(json.dumps({k: result[k] for k in ("sampler", "steps", "guidance_scale", "fid")}), file=sys.stderr)
         if on_result is not None:
             on_result(results)
     return results
+
+
+def _main_process_first(world: int):
+    from contextlib import nullcontext
+
+    if world == 1:
+        return nullcontext()
+    return _process_state().main_process_first()
+
+
+def _evaluation_device(args: EvaluationArguments, world: int) -> torch.device:
+    if args.device:
+        return torch.device(args.device)
+    if world > 1:
+        return _process_state().device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _result_row(args, model, pipeline, steps, metrics, num_samples, seconds, device, weights) -> dict:
@@ -558,6 +624,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             return []
         write = (lambda results: write_results(args.output_json, args, results)) if args.output_json else None
         results = evaluate(args, on_result=write)
-        if args.markdown:
+        if args.markdown and results:  # the main process's (the others score nothing)
             print(markdown_table(results))
         return results

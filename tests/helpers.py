@@ -60,12 +60,12 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def launch_two_processes(argv, timeout=600):
-    """Two real CPU processes (gloo): ``--cpu`` alone would start only one."""
+def launch_two_processes(argv, timeout=600, command="train_unconditional.py"):
+    """Two real CPU processes (gloo) running ``command``: ``--cpu`` alone would start only one."""
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         "train_unconditional.py", *argv],
+         command, *map(str, argv)],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
     )

@@ -213,6 +213,29 @@ def test_dpmsolver_and_ddpm_samplers_run(tiny_pipeline, tmp_path, inception):
         assert torch.equal(images, generate(sampling, args, 3, torch.device("cpu")))
 
 
+def test_two_processes_draw_the_same_samples_and_score_the_same_fid(tiny_pipeline, tmp_path, inception):
+    """accelerate launch with 2 CPU processes: each draws its share of the image indices (4 and 3 of 7,
+    a stochastic sampler), the main process scores them all; PNGs bit for bit and FID as one process."""
+    from tests.helpers import launch_two_processes, script
+
+    def argv(name):
+        return _eval_argv(tiny_pipeline, tmp_path, inception, "--num_samples", "7", "--batch_size", "2",
+                          "--scheduler", "ddpm", "--num_inference_steps", "3", "--save_samples", str(tmp_path / name),
+                          "--output_json", str(tmp_path / f"{name}.json"))
+
+    one = script("evaluate_fid.py", *argv("one"), env={"OMP_NUM_THREADS": "1"})  # the threads each of the two has
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = launch_two_processes(argv("two"), command="evaluate_fid.py")
+    assert two.returncode == 0, two.stderr[-3000:]
+    pngs = {name: sorted((tmp_path / name).iterdir()) for name in ("one", "two")}
+    assert [p.name for p in pngs["one"]] == [p.name for p in pngs["two"]] and len(pngs["one"]) == 7
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(pngs["one"], pngs["two"]))
+    (first,), (second,) = (json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in ("one", "two"))
+    assert (first["num_processes"], second["num_processes"]) == (1, 2)
+    assert second["fid"] == first["fid"] and second["kid_mean"] == first["kid_mean"]
+    assert second["num_samples"] == 7
+
+
 def test_reference_subset_is_torch_fidelitys_draw():
     expected = np.sort(np.random.RandomState(2020).choice(50000, 5000, replace=False))
     assert np.array_equal(reference_indices(50000, 5000, 2020), expected)

@@ -345,6 +345,10 @@ MUTATIONS = [
       [("    threads = requested or max(1, (cores - round(busy)) // local_processes)",
         "    threads = requested or max(1, cores // local_processes)")],
       ["tests/test_budget.py::test_a_core_another_process_keeps_busy_is_left_to_it"]),
+    m("fid-shares-overlap", "each process draws its own share of the image indices", "smallgen/evaluation.py",
+      [("    first, count = rank * share, max(0, min(share, args.num_samples - rank * share))",
+        "    first, count = 0, max(0, min(share, args.num_samples - rank * share))")],
+      ["tests/test_evaluation.py::test_two_processes_draw_the_same_samples_and_score_the_same_fid"]),
 ]
 
 
