@@ -9,6 +9,8 @@ Each (recipe, budget) is one ``accelerate launch train_unconditional.py --config
 on what it exported. Rows are appended to ``<output_dir>/time_to_fid.json`` and ``.md`` as they
 finish; a rerun skips the rows already there (so a long protocol can run in several calls).
 Recipes differ only by their config file; the protocol overrides the same flags for all of them.
+The "data" row scores real training images the way a recipe's samples are scored: the floor no
+model can go below under the protocol (its sample count and reference).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
 GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
 
 
+DATA_FLOOR = "data"  # the row of real training images (not a recipe: nothing is trained)
 ALL = ["quickstart", "quickstart-flow", "quickstart-ddpm", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
 
 
@@ -76,6 +79,36 @@ def train(recipe: str, minutes: float, protocol: Protocol, args, run_dir: Path) 
                *(protocol.diffusion_flags if is_diffusion(recipe) else []), *RECIPES[recipe][1], *args.train_flag]
     _run(command, run_dir / "train.log")
     return json.loads((run_dir / "results.json").read_text())
+
+
+def score_data_floor(protocol: Protocol, args, output_dir: Path) -> dict:
+    """FID of ``num_samples`` training images against the protocol's reference: images the reference
+    does not hold when it is a subset (CPU), a random share of it when it is the whole split (GPU)."""
+    import numpy as np
+
+    from smallgen.data import DataArguments, decode_to_uint8, load_split
+    from smallgen.evaluation import EvaluationArguments, reference_indices, save_pngs
+
+    count = args.num_samples or protocol.num_samples
+    data_args = DataArguments(dataset_name=args.dataset_name, resolution=protocol.resolution)
+    dataset, column, _ = load_split(data_args, "train")
+    reference = reference_indices(len(dataset), protocol.num_reference, EvaluationArguments.reference_seed)
+    others = np.setdiff1d(np.arange(len(dataset)), reference)
+    pool = others if len(others) >= count else np.arange(len(dataset))
+    chosen = np.sort(np.random.RandomState(args.seed).choice(pool, count, replace=False))
+    run_dir = output_dir / f"{DATA_FLOOR}-0min"
+    save_pngs(decode_to_uint8(dataset.select(chosen), column, data_args, desc="decoding the data row"),
+              str(run_dir / "fid_samples"))
+    command = [sys.executable, "evaluate_fid.py", "--samples_dir", str(run_dir / "fid_samples"),
+               "--dataset_name", args.dataset_name, "--split", "train", "--resolution", str(protocol.resolution),
+               "--num_samples", str(count), "--output_json", str(run_dir / "fid.json"),
+               *(["--num_reference", str(protocol.num_reference)] if protocol.num_reference else []),
+               *protocol.eval_flags]
+    _run(command, run_dir / "fid.log")
+    scored = json.loads((run_dir / "fid.json").read_text())["results"][0]
+    label = "train images" + ("" if pool is others else ", from the reference")
+    trained = {"global_step": 0, "images_seen": 0, "images_per_second": None, "clock_seconds": 0}
+    return make_row(DATA_FLOOR, 0, trained, scored, Scoring(), "fid") | {"sampler": label}
 
 
 def is_diffusion(recipe: str) -> bool:
@@ -144,16 +177,22 @@ def make_row(recipe: str, minutes: float, trained: dict, scored: dict, scoring: 
             "images_seen": trained["images_seen"], "images_per_second": trained["images_per_second"],
             "train_minutes": trained["clock_seconds"] / 60, "sampler": scoring.label, "scoring": name,
             "nfe": scored["nfe"], "fid": scored["fid"], "kid_mean": scored["kid_mean"],
-            "kid_std": scored["kid_std"], "num_samples": scored["num_samples"], "reference": scored["reference"]}
+            "kid_std": scored["kid_std"], "precision": scored.get("precision"), "recall": scored.get("recall"),
+            "num_samples": scored["num_samples"], "reference": scored["reference"]}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| recipe | budget | steps | images seen | img/s | sampler | NFE | FID | KID (x1e3) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | budget | steps | images seen | img/s | sampler | NFE | FID | KID (x1e3) | precision | recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def number(value, digits):  # rows scored before precision/recall existed, and the data row's img/s
+        return "–" if value is None else f"{value:.{digits}f}"
+
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['budget_minutes']:g} min ({r['train_minutes']:.2f}) | {r['steps']} | "
-                     f"{r['images_seen']:,} | {r['images_per_second']:.0f} | {r['sampler']} | {r['nfe']} | "
-                     f"{r['fid']:.1f} | {1e3 * r['kid_mean']:.1f} ± {1e3 * r['kid_std']:.1f} |")
+                     f"{r['images_seen']:,} | {number(r['images_per_second'], 0)} | {r['sampler']} | {r['nfe']} | "
+                     f"{r['fid']:.1f} | {1e3 * r['kid_mean']:.1f} ± {1e3 * r['kid_std']:.1f} | "
+                     f"{number(r.get('precision'), 3)} | {number(r.get('recall'), 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +244,8 @@ def planned_runs(protocol: Protocol, args) -> list[tuple[float, str]]:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
-    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="Default: the protocol's.")
+    parser.add_argument("--recipes", nargs="+", choices=sorted([*RECIPES, DATA_FLOOR]),
+                        help=f"Default: the protocol's, after the {DATA_FLOOR!r} row (real training images).")
     parser.add_argument("--budgets", nargs="+", type=float, help="Minutes, for every recipe; default: the protocol's plan.")
     parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
                         help="CIFAR-10 (hub id or local folder) for training and references.")
@@ -227,6 +267,10 @@ def main(argv=None) -> None:
     previous = output_dir / "time_to_fid.json"
     rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
     info = {"protocol": args.protocol, "dataset_name": args.dataset_name, "command": " ".join(["python benchmarks/time_to_fid.py", *(sys.argv[1:] if argv is None else argv)])}
+    if (not args.recipes or DATA_FLOOR in args.recipes) and not any(r["recipe"] == DATA_FLOOR for r in rows):
+        print(f"{DATA_FLOOR}: scoring training images ({time.strftime('%H:%M:%S')})", flush=True)
+        rows.append({**score_data_floor(protocol, args, output_dir), "command": info["command"]})
+        write(rows, info, output_dir)
     for minutes, recipe in planned_runs(protocol, args):
         done = [r["sampler"] for r in rows if r["recipe"] == recipe and r["budget_minutes"] == minutes]
         run_dir = output_dir / f"{recipe}-{minutes:g}min"

