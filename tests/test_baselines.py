@@ -50,7 +50,8 @@ def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
     model_args = ModelArguments(model_type=model_type, latent_dim=16, base_channels=8)
     train_args = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.5, adam_beta2=0.999, adam_epsilon=1e-8,
                                  adam_weight_decay=0.0, max_grad_norm=None, eval_batch_size=8, lr_scheduler="constant",
-                                 lr_warmup_steps=0, gradient_accumulation_steps=1, use_ema=False)
+                                 lr_warmup_steps=0, gradient_accumulation_steps=1, use_ema=False,
+                                 channels_last=False, torch_compile=False)
     objective = objective_class(model_type)(SimpleNamespace(resolution=16), model_args, train_args)
     objective.setup(Accelerator(cpu=True), max_train_steps=60)
     coarse = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1

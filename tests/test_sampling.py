@@ -75,7 +75,8 @@ def test_baseline_sample_grids_draw_image_i_from_seed_and_i():
     AcceleratorState._reset_state(reset_partial_state=True)
     train_args = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.5, adam_beta2=0.999, adam_epsilon=1e-8,
                                  adam_weight_decay=0.0, lr_scheduler="constant", lr_warmup_steps=0,
-                                 gradient_accumulation_steps=1, use_ema=False, eval_batch_size=2)
+                                 gradient_accumulation_steps=1, use_ema=False, eval_batch_size=2,
+                                 channels_last=False, torch_compile=False)
     objective = objective_class("dcgan")(SimpleNamespace(resolution=8), ModelArguments(model_type="dcgan",
                                          latent_dim=10, base_channels=8), train_args)
     objective.setup(Accelerator(cpu=True), max_train_steps=1)
