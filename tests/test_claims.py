@@ -153,7 +153,7 @@ def test_reference_cache_name_includes_the_weights(monkeypatch):
     def fake(**kwargs):
         seen.append(kwargs["input2_cache_name"])
         return {"frechet_inception_distance": 1.0, "kernel_inception_distance_mean": 0.0,
-                "kernel_inception_distance_std": 0.0}
+                "kernel_inception_distance_std": 0.0, "precision": 1.0, "recall": 1.0}
 
     monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake)
     samples = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
