@@ -54,6 +54,7 @@ def run_window(tmp_path, inception, speed_flags):
     return packed, plan, outs
 
 
+@pytest.mark.slow  # about 3 minutes: run it (-m slow) before a GPU window and after changing the suite
 def test_the_window_runs_every_call_on_the_cpu(tmp_path, inception):
     packed, plan, outs = run_window(tmp_path, inception, ["--mixed_precision", "bf16", "--channels_last",
                                                           "--allow_tf32"])
