@@ -119,3 +119,23 @@ def test_exact_resume_after_kill_9(sprites_dir, tiny_unet_config, tmp_path, mode
                   logging_steps=10, **extra)
     kill_9_then_resume(lambda out, **more: tiny_args(sprites_dir, tiny_unet_config, out, **common, **more),
                        tmp_path, last_step=24)
+
+
+def test_resumed_optimizer_state_takes_its_parameters_layout():
+    """A checkpoint stores Adam's moments contiguous; beside --channels_last weights they would step
+    through other loops (an ulp off the unbroken run), so a resume gives them the weights' layout."""
+    from smallgen.checkpoints import match_parameter_layouts
+
+    weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    optimizer = torch.optim.Adam([weight])
+    weight.grad = torch.randn_like(weight)
+    optimizer.step()
+    saved = optimizer.state_dict()
+    saved["state"][0] = {k: (v.contiguous() if v.dim() == 4 else v) for k, v in saved["state"][0].items()}
+    resumed = torch.optim.Adam([weight])
+    resumed.load_state_dict(saved)
+    assert resumed.state[weight]["exp_avg"].stride() != weight.stride()  # as a checkpoint gives it back
+    match_parameter_layouts(resumed)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert resumed.state[weight][key].stride() == weight.stride()
+        assert torch.equal(resumed.state[weight][key], optimizer.state[weight][key])
