@@ -18,7 +18,6 @@ step (tests/test_gpu_suite.py), so a GPU call cannot be the first to run a line 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from smallgen.inception import CONVERTED_FILE as WEIGHTS_NAME  # noqa: E402  (the file evaluate_fid.py looks for)
-from smallgen.inception import default_cache_dir  # noqa: E402
+from smallgen.inception import default_cache_dir, sha256_of  # noqa: E402
 
 # What the calls carry, ignored by git (.gitignore); SUITE_STAGE moves it for the dry run.
 STAGE_HERE = Path(os.environ.get("SUITE_STAGE", ROOT / ".stage"))
@@ -91,7 +90,7 @@ def pack(data: Path, weights: Path, wheels: bool) -> dict:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(STAGE_HERE / "whl"),
                         *WHEELS], check=True)
     bundle = STAGE_HERE / "bundle.tar"
-    sums = {"train.parquet": sha256(data), WEIGHTS_NAME: sha256(weights)}
+    sums = {"train.parquet": sha256_of(data), WEIGHTS_NAME: sha256_of(weights)}
     with tarfile.open(bundle, "w") as tar:
         tar.add(data, "train.parquet")
         tar.add(weights, WEIGHTS_NAME)
@@ -103,14 +102,6 @@ def pack(data: Path, weights: Path, wheels: bool) -> dict:
     plan = {"parts": [p.name for p in parts], "sha256": sums, "tree_bytes": tree, "wheel_bytes": wheel_bytes}
     (STAGE_HERE / "plan.json").write_text(json.dumps(plan, indent=2))
     return plan
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split(path: Path, capacities: list[int]) -> list[Path]:
@@ -197,7 +188,7 @@ def unpack(plan: dict, stage: Path) -> None:
     with tarfile.open(stage / "bundle.tar") as tar:
         tar.extractall(stage, filter="data")
     for name, expected in plan["sha256"].items():
-        if sha256(stage / name) != expected:
+        if sha256_of(stage / name) != expected:
             sys.exit(f"{name} arrived damaged (sha256 differs): start the window again with call 1")
     data = stage / "cifar10" / "plain_text"
     data.mkdir(parents=True, exist_ok=True)

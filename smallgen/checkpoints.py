@@ -236,8 +236,6 @@ def load_checkpoint(objective, accelerator, path: Path, expected: dict) -> dict:
 def match_parameter_layouts(optimizer) -> None:
     """Each optimizer state tensor in its parameter's memory format. A checkpoint stores them contiguous;
     beside --channels_last weights they would step through other loops, an ulp off the unbroken run."""
-    import torch
-
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             state = optimizer.state.get(parameter, {})

@@ -75,7 +75,7 @@ class BaselineObjective(Objective):
                 network.to(memory_format=torch.channels_last)
         super().setup(accelerator, max_train_steps)
         # The steps call compiled wrappers (--torch_compile); checkpoints and exports keep the plain networks.
-        self.forward = {name: torch.compile(network) if self.train_args.torch_compile else network
+        self.compiled = {name: torch.compile(network) if self.train_args.torch_compile else network
                         for name, network in self.networks.items()}
 
     def latents(self, n: int, generator) -> torch.Tensor:
@@ -158,7 +158,7 @@ class VAEObjective(BaselineObjective):
     def train_step(self, micro_batches):
         (batch,) = micro_batches  # baselines step every batch: no accumulation
         images, generator = batch.images, batch.generator
-        loss, recon, kl, _, _ = self.vae_losses(self.forward["vae"], images, self.latents(len(images), generator))
+        loss, recon, kl, _, _ = self.vae_losses(self.compiled["vae"], images, self.latents(len(images), generator))
         self.update("vae", loss)
         return {"train_loss": loss.detach(), "recon_loss": recon.detach(), "kl_loss": kl.detach()}
 
@@ -217,7 +217,7 @@ class DCGANObjective(BaselineObjective):
     def adversarial_step(self, micro_batches):
         (batch,) = micro_batches  # baselines step every batch: no accumulation
         images, generator = batch.images, batch.generator
-        g, d = self.forward["generator"], self.forward["discriminator"]
+        g, d = self.compiled["generator"], self.compiled["discriminator"]
         with self.accelerator.autocast():
             fake = g(self.latents(images.shape[0], generator))
             d_loss = gan_loss(d(images), True) + gan_loss(d(fake.detach()), False)
@@ -256,7 +256,7 @@ class VAEGANObjective(VAEObjective):
     def train_step(self, micro_batches):
         (batch,) = micro_batches  # baselines step every batch: no accumulation
         images, generator = batch.images, batch.generator
-        vae, d = self.forward["vae"], self.forward["discriminator"]
+        vae, d = self.compiled["vae"], self.compiled["discriminator"]
         noise, prior = self.latents(len(images), generator), self.latents(len(images), generator)
         loss, recon, kl, reconstruction, generated = self.vae_losses(vae, images, noise, prior)
         with self.accelerator.autocast():
