@@ -32,6 +32,7 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
     "quickstart": ("configs/quickstart.yaml", [], ["edm-dpmsolver", "edm-euler"]),
     "quickstart-ddpm": ("configs/quickstart-ddpm.yaml", []),
     "quickstart-flow": ("configs/quickstart-flow.yaml", [], ["flow-heun", "flow-euler"]),
+    "quickstart-consistency": ("configs/quickstart-consistency.yaml", [], ["cm"]),  # needs --init_from (sampling_cost.py)
     "diffusers-example": ("configs/diffusers-example.yaml", []),
     "vae": ("configs/cifar10-vae.yaml", []),
     "dcgan": ("configs/cifar10-dcgan.yaml", []),

@@ -1,6 +1,7 @@
 """DiffusionPipeline classes beyond diffusers' own (unconditional DDPM models export DDPMPipeline).
 
 * ``EDMPipeline``: an EDM-preconditioned UNet with diffusers' EDM schedulers or ``EDMHeunScheduler``.
+* ``ConsistencyPipeline``: a consistency model in 1-4 steps with diffusers' CMStochasticIterativeScheduler.
 * ``FlowMatchPipeline``: a flow-matching UNet with diffusers' flow-matching schedulers.
 * ``ClassConditionalPipeline``: a class-conditional UNet with classifier-free guidance.
 * ``VAEPipeline``: prior samples through a ConvVAE's decoder.
@@ -11,10 +12,11 @@ Each is a ``PortablePipeline``: saved with its code, loaded by diffusers' own lo
 
 from pipelines.pipeline_baselines import GANPipeline, VAEPipeline
 from pipelines.pipeline_conditional import ClassConditionalPipeline
+from pipelines.pipeline_consistency import ConsistencyPipeline
 from pipelines.pipeline_edm import EDMPipeline
 from pipelines.pipeline_flow import FlowMatchPipeline
 from pipelines.portable_pipeline import PortablePipeline
 from pipelines.scheduling_edm_heun import EDMHeunScheduler
 
-__all__ = ["ClassConditionalPipeline", "EDMHeunScheduler", "EDMPipeline", "FlowMatchPipeline", "GANPipeline",
+__all__ = ["ClassConditionalPipeline", "ConsistencyPipeline", "EDMHeunScheduler", "EDMPipeline", "FlowMatchPipeline", "GANPipeline",
            "PortablePipeline", "VAEPipeline"]

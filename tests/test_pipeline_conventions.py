@@ -46,6 +46,7 @@ CASES = {
     "EDMPipeline-heun": Case("EDMPipeline", "pipelines:EDMHeunScheduler"),
     "FlowMatchPipeline-euler": Case("FlowMatchPipeline", "diffusers:FlowMatchEulerDiscreteScheduler"),
     "FlowMatchPipeline-heun": Case("FlowMatchPipeline", "diffusers:FlowMatchHeunDiscreteScheduler"),
+    "ConsistencyPipeline": Case("ConsistencyPipeline", "diffusers:CMStochasticIterativeScheduler"),
     "ClassConditionalPipeline-classes": Case("ClassConditionalPipeline", "diffusers:DDIMScheduler", "classes"),
     "ClassConditionalPipeline-context": Case("ClassConditionalPipeline", "diffusers:DDPMScheduler", "context"),
     "GANPipeline": Case("GANPipeline"),

@@ -21,6 +21,7 @@ OBJECTIVES = {
     "ddpm+class": "smallgen.objectives.conditional:ClassConditionalObjective",  # --class_conditional
     "edm": "smallgen.objectives.edm:EDMObjective",
     "flow": "smallgen.objectives.flow:FlowObjective",
+    "consistency": "smallgen.objectives.consistency:ConsistencyObjective",
     "vae": "smallgen.objectives.baselines:VAEObjective",
     "dcgan": "smallgen.objectives.baselines:DCGANObjective",
     "vaegan": "smallgen.objectives.baselines:VAEGANObjective",

@@ -1,0 +1,176 @@
+"""Sampling cost: FID against network evaluations (NFE) and generation speed, on one machine in one run.
+
+    python benchmarks/sampling_cost.py                    # the CPU table and plot in docs/benchmarks.md
+
+Under the CPU time-to-FID protocol (benchmarks/time_to_fid.py: 16 px, 1,000 samples against 1,000
+train images) it trains the quick start for 5 minutes (the teacher), tunes it into a consistency
+model for 5 more (configs/quickstart-consistency.yaml, --init_from the teacher), trains the quick
+start for 10 minutes (the same minutes in all) and the DCGAN for 5. Each row is one evaluate_fid.py
+setting; img/s is timed afterwards in this process, row after row, on the same images (so evaluate_fid's
+own timing, which other work on the machine may slow, is not used). Rows are appended to
+``<output_dir>/sampling_cost.json`` and ``.md``; a rerun skips what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import time_to_fid  # noqa: E402  (the protocol, its training runs and their flags)
+
+TEACHER = ("quickstart", 5)
+RUNS = [TEACHER, ("dcgan", 5), ("quickstart", 10), ("quickstart-consistency", 5)]  # the last tunes TEACHER
+ROWS = [  # (run, its minutes, sampler (None: a one-call generator), steps)
+    ("quickstart", 5, "edm-dpmsolver", [2, 4, 10, 50]),
+    ("quickstart", 5, "edm-euler", [50]),
+    ("quickstart-consistency", 5, "cm", [1, 2, 4]),
+    ("quickstart", 10, "edm-dpmsolver", [2, 10]),
+    ("dcgan", 5, None, [None]),
+]
+
+
+def run_dir(output_dir: Path, recipe: str, minutes: float) -> Path:
+    return output_dir / f"{recipe}-{minutes:g}min"
+
+
+def train_all(protocol, args, output_dir: Path) -> None:
+    for recipe, minutes in RUNS:
+        folder = run_dir(output_dir, recipe, minutes)
+        if (folder / "results.json").exists():
+            continue
+        extra = ["--init_from", str(run_dir(output_dir, *TEACHER))] if recipe == "quickstart-consistency" else []
+        print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
+        time_to_fid.train(recipe, minutes, protocol, argparse.Namespace(**{**vars(args), "train_flag": extra}), folder)
+
+
+def score(protocol, args, folder: Path, sampler: str | None, steps: list) -> list[dict]:
+    """evaluate_fid.py once for a row's steps (one JSON of several results)."""
+    name = f"fid-{sampler or 'direct'}"
+    command = [sys.executable, "evaluate_fid.py", "--pipeline", str(folder), "--dataset_name", args.dataset_name,
+               "--split", "train", "--resolution", str(protocol.resolution), "--num_samples", str(protocol.num_samples),
+               "--num_reference", str(protocol.num_reference), "--seed", str(args.seed),
+               "--output_json", str(folder / f"{name}.json"), "--save_samples", str(folder / f"{name}_samples"),
+               *(["--scheduler", sampler, "--num_inference_steps", *map(str, steps)] if sampler else []),
+               *protocol.eval_flags]
+    time_to_fid._run(command, folder / f"{name}.log")
+    return json.loads((folder / f"{name}.json").read_text())["results"]
+
+
+def images_per_second(folder: Path, sampler: str | None, steps: int | None, count: int, batch_size: int) -> float:
+    """Generation speed of one row: ``count`` images in batches, after one untimed batch."""
+    import torch
+
+    from smallgen.evaluation import EvaluationArguments, call_options, load_pipeline, sampling_pipeline
+    from smallgen.sampling import draw_images
+
+    settings = EvaluationArguments(pipeline=str(folder), dataset_name="unused", scheduler=sampler or "ddim")
+    pipeline = sampling_pipeline(load_pipeline(str(folder)), settings)
+    options = call_options(pipeline, settings, steps, None)
+    with torch.inference_mode():
+        draw_images(pipeline, batch_size, seed=1, batch_size=batch_size, **options)
+        start = time.perf_counter()
+        draw_images(pipeline, count, seed=0, batch_size=batch_size, **options)
+    return count / (time.perf_counter() - start)
+
+
+def make_row(recipe, minutes, sampler, scored: dict, trained: dict) -> dict:
+    return {"model": f"{recipe}, {minutes:g} min", "train_steps": trained["global_step"],
+            "sampler": sampler or "direct", "steps": scored["steps"], "nfe": scored["nfe"], "fid": scored["fid"],
+            "precision": scored.get("precision"), "recall": scored.get("recall"),
+            "num_samples": scored["num_samples"], "images_per_second": None}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | train steps | sampler | NFE | FID | precision | recall | img/s | s per 1,000 images |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        speed = r["images_per_second"]
+        timing = "–" if speed is None else f"{speed:,.1f} | {1000 / speed:,.1f}"
+        lines.append(f"| {r['model']} | {r['train_steps']} | {r['sampler']} | {r['nfe']} | {r['fid']:.1f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {timing if speed else '– | –'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """FID against sampling seconds per 1,000 images (log scale), one series per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = sorted((1000 / r["images_per_second"], r["fid"], r["nfe"], r["sampler"]) for r in rows
+                        if r["model"] == model and r["images_per_second"])
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=model)
+        for seconds, fid, nfe, sampler in points:
+            ax.annotate(f"{nfe}" + (" Euler" if sampler == "edm-euler" else ""), (seconds, fid), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling seconds per 1,000 images (log; labels: NFE)")
+    ax.set_ylabel("FID (1,000 samples, 16 px)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write(rows: list[dict], info: dict, output_dir: Path) -> None:
+    (output_dir / "sampling_cost.json").write_text(json.dumps({**info, "rows": rows}, indent=2))
+    (output_dir / "sampling_cost.md").write_text(markdown(rows))
+    plot(rows, output_dir / "sampling_cost.png")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing_images", type=int, default=500, help="Images timed per row for img/s.")
+    parser.add_argument("--skip_timing", action="store_true", help="Score only (time later, on an idle machine).")
+    parser.add_argument("--output_dir", default="runs/sampling_cost")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    protocol = time_to_fid.PROTOCOLS["cpu"]
+    output_dir = Path(args.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    previous = output_dir / "sampling_cost.json"
+    rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
+    info = {"protocol": "cpu", "command": " ".join(["python benchmarks/sampling_cost.py", *(sys.argv[1:] if argv is None else argv)])}
+    train_all(protocol, args, output_dir)
+    for recipe, minutes, sampler, steps in ROWS:
+        model = f"{recipe}, {minutes:g} min"
+        if any(r["model"] == model and r["sampler"] == (sampler or "direct") for r in rows):
+            continue
+        folder = run_dir(output_dir, recipe, minutes)
+        print(f"{model}: scoring {sampler or 'direct'} at {steps} ({time.strftime('%H:%M:%S')})", flush=True)
+        trained = json.loads((folder / "results.json").read_text())
+        rows += [make_row(recipe, minutes, sampler, scored, trained) for scored in score(protocol, args, folder, sampler, steps)]
+        write(rows, info, output_dir)
+    if not args.skip_timing:
+        for row in rows:
+            if row["images_per_second"] is None:
+                recipe, minutes = row["model"].split(", ")
+                folder = run_dir(output_dir, recipe, float(minutes.split()[0]))
+                sampler = None if row["sampler"] == "direct" else row["sampler"]
+                row["images_per_second"] = images_per_second(folder, sampler, row["steps"], args.timing_images, 250)
+                print(f"{row['model']}, {row['sampler']}, NFE {row['nfe']}: {row['images_per_second']:.1f} img/s",
+                      flush=True)
+                write(rows, info, output_dir)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
