@@ -27,12 +27,13 @@ import time_to_fid  # noqa: E402  (the protocol, its training runs and their fla
 
 TEACHER = ("quickstart", 5)
 RUNS = [TEACHER, ("dcgan", 5), ("quickstart", 10), ("quickstart-consistency", 5)]  # the last tunes TEACHER
-ROWS = [  # (run, its minutes, sampler (None: a one-call generator), steps)
-    ("quickstart", 5, "edm-dpmsolver", [2, 4, 10, 50]),
-    ("quickstart", 5, "edm-euler", [50]),
+ROWS = [  # (run, its minutes, sampler (None: a one-call generator), steps), scored in this order
     ("quickstart-consistency", 5, "cm", [1, 2, 4]),
-    ("quickstart", 10, "edm-dpmsolver", [2, 10]),
+    ("quickstart", 5, "edm-dpmsolver", [2, 4, 10, 50]),
     ("dcgan", 5, None, [None]),
+    ("quickstart", 5, "edm-unipc", [2, 4, 10, 50]),
+    ("quickstart", 5, "edm-euler", [50]),
+    ("quickstart", 10, "edm-dpmsolver", [2, 10]),
 ]
 
 
@@ -78,6 +79,36 @@ def images_per_second(folder: Path, sampler: str | None, steps: int | None, coun
         start = time.perf_counter()
         draw_images(pipeline, count, seed=0, batch_size=batch_size, **options)
     return count / (time.perf_counter() - start)
+
+
+SPEED_TRIALS = {  # what was tried to make one-step sampling faster: {name: (batch size, channels_last, compile)}
+    "batch 250": (250, False, False), "batch 1000": (1000, False, False),
+    "batch 250, channels_last": (250, True, False), "batch 250, torch.compile": (250, False, True),
+}
+
+
+def speed_trials(folder: Path, count: int) -> dict[str, float]:
+    """img/s of the consistency model's one step under each of SPEED_TRIALS."""
+    import torch
+
+    from smallgen.evaluation import load_pipeline
+    from smallgen.sampling import draw_images
+
+    speeds = {}
+    for name, (batch_size, channels_last, compiled) in SPEED_TRIALS.items():
+        pipeline = load_pipeline(str(folder))
+        pipeline.set_progress_bar_config(disable=True)
+        if channels_last:
+            pipeline.unet.to(memory_format=torch.channels_last)
+        if compiled:
+            pipeline.unet = torch.compile(pipeline.unet)
+        with torch.inference_mode():
+            draw_images(pipeline, batch_size, seed=1, batch_size=batch_size, num_inference_steps=1)  # warm-up, compile
+            start = time.perf_counter()
+            draw_images(pipeline, max(count, batch_size), seed=0, batch_size=batch_size, num_inference_steps=1)
+        speeds[name] = max(count, batch_size) / (time.perf_counter() - start)
+        print(f"one step, {name}: {speeds[name]:.1f} img/s", flush=True)
+    return speeds
 
 
 def make_row(recipe, minutes, sampler, scored: dict, trained: dict) -> dict:
@@ -137,6 +168,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing_images", type=int, default=500, help="Images timed per row for img/s.")
     parser.add_argument("--skip_timing", action="store_true", help="Score only (time later, on an idle machine).")
+    parser.add_argument("--speed_trials", action="store_true",
+                        help="Also time the consistency model's one step with a larger batch, channels_last, torch.compile.")
     parser.add_argument("--output_dir", default="runs/sampling_cost")
     return parser.parse_args(argv)
 
@@ -147,8 +180,9 @@ def main(argv=None) -> None:
     output_dir = Path(args.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = output_dir / "sampling_cost.json"
-    rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
-    info = {"protocol": "cpu", "command": " ".join(["python benchmarks/sampling_cost.py", *(sys.argv[1:] if argv is None else argv)])}
+    before = json.loads(previous.read_text()) if previous.exists() else {"rows": []}
+    rows = before.pop("rows")
+    info = {**before, "protocol": "cpu", "command": " ".join(["python benchmarks/sampling_cost.py", *(sys.argv[1:] if argv is None else argv)])}
     train_all(protocol, args, output_dir)
     for recipe, minutes, sampler, steps in ROWS:
         model = f"{recipe}, {minutes:g} min"
@@ -169,6 +203,9 @@ def main(argv=None) -> None:
                 print(f"{row['model']}, {row['sampler']}, NFE {row['nfe']}: {row['images_per_second']:.1f} img/s",
                       flush=True)
                 write(rows, info, output_dir)
+    if args.speed_trials:
+        info["speed_trials"] = speed_trials(run_dir(output_dir, "quickstart-consistency", 5), args.timing_images)
+        write(rows, info, output_dir)
     print(markdown(rows))
 
 

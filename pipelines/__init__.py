@@ -1,6 +1,7 @@
 """DiffusionPipeline classes beyond diffusers' own (unconditional DDPM models export DDPMPipeline).
 
-* ``EDMPipeline``: an EDM-preconditioned UNet with diffusers' EDM schedulers or ``EDMHeunScheduler``.
+* ``EDMPipeline``: an EDM-preconditioned UNet with diffusers' EDM schedulers, ``EDMHeunScheduler`` or
+  ``EDMUniPCScheduler``.
 * ``ConsistencyPipeline``: a consistency model in 1-4 steps with diffusers' CMStochasticIterativeScheduler.
 * ``FlowMatchPipeline``: a flow-matching UNet with diffusers' flow-matching schedulers.
 * ``ClassConditionalPipeline``: a class-conditional UNet with classifier-free guidance.
@@ -17,6 +18,7 @@ from pipelines.pipeline_edm import EDMPipeline
 from pipelines.pipeline_flow import FlowMatchPipeline
 from pipelines.portable_pipeline import PortablePipeline
 from pipelines.scheduling_edm_heun import EDMHeunScheduler
+from pipelines.scheduling_edm_unipc import EDMUniPCScheduler
 
-__all__ = ["ClassConditionalPipeline", "ConsistencyPipeline", "EDMHeunScheduler", "EDMPipeline", "FlowMatchPipeline", "GANPipeline",
+__all__ = ["ClassConditionalPipeline", "ConsistencyPipeline", "EDMHeunScheduler", "EDMPipeline", "EDMUniPCScheduler", "FlowMatchPipeline", "GANPipeline",
            "PortablePipeline", "VAEPipeline"]

@@ -4,7 +4,7 @@ Self-contained (torch and diffusers only): saved folders carry this file, so
 ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` works without smallgen.
 The UNet is diffusers' own UNet2DModel, trained as F in D(x; sigma) = c_skip x + c_out F(c_in x,
 ln(sigma) / 4); the scheduler is diffusers' EDMEulerScheduler (or EDMDPMSolverMultistepScheduler,
-or our ``EDMHeunScheduler``), which applies c_in through ``scale_model_input`` and c_skip, c_out
+or our ``EDMHeunScheduler`` or ``EDMUniPCScheduler``), which applies c_in through ``scale_model_input`` and c_skip, c_out
 in ``step``. DDPMPipeline cannot sample it: it never scales the model input.
 """
 
@@ -21,7 +21,7 @@ class EDMPipeline(PortablePipeline):
     """``pipe(batch_size=16, num_inference_steps=18, generator=...)``; any EDM scheduler swaps in."""
 
     model_cpu_offload_seq = "unet"
-    _installed_component_modules = ("pipelines.scheduling_edm_heun",)
+    _installed_component_modules = ("pipelines.scheduling_edm_heun", "pipelines.scheduling_edm_unipc")
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()

@@ -184,6 +184,7 @@ def test_consistency_tunes_resumes_exactly_and_exports(sprites_dir, edm_run, tmp
     assert_same_images_without_this_project(pipeline, straight, tmp_path, "ConsistencyPipeline", steps=2)
 
 
+@pytest.mark.slow  # the kill -9 and two-process machinery is the loop's, tested per model type by default
 def test_consistency_resumes_exactly_after_kill_9(sprites_dir, edm_run, tmp_path):
     common = dict(init_from=edm_run, max_train_steps=16, checkpointing_steps=4, checkpoints_total_limit=2,
                   random_flip=True, logging_steps=10, ct_stages=4)
@@ -191,6 +192,7 @@ def test_consistency_resumes_exactly_after_kill_9(sprites_dir, edm_run, tmp_path
                        last_step=16)
 
 
+@pytest.mark.slow
 def test_two_consistency_processes_resume_exactly(sprites_dir, edm_run, tmp_path):
     common = dict(init_from=edm_run, max_train_steps=6, checkpointing_steps=3, train_batch_size=4, ct_stages=2)
     straight, resumed = tmp_path / "ddp", tmp_path / "resumed"
@@ -232,3 +234,28 @@ def test_consistency_flags_are_checked_and_only_consistency_takes_them(sprites_d
         ModelArguments(model_type="edm", init_from="runs/quickstart")
     with pytest.raises(ConfigError, match="grids are drawn in 1, 2, 4 steps"):
         ModelArguments(model_type="consistency", ddim_num_inference_steps=10)
+
+
+def test_evaluate_fid_scores_the_consistency_pipeline_at_1_2_and_4_steps(tiny_unet, tmp_path, inception):
+    """--scheduler cm sweeps the steps; each row's NFE is its steps and its PNGs are the pipeline's images."""
+    from pipelines import ConsistencyPipeline
+    from smallgen.evaluation import main
+    from smallgen.sampling import draw_images
+    from tests.conftest import ROOT
+
+    pipeline = ConsistencyPipeline(unet=tiny_unet, scheduler=cm_scheduler())
+    pipeline.save_pretrained(tmp_path / "cm")
+    rows = main(["--pipeline", str(tmp_path / "cm"), "--dataset_name", str(ROOT / "data" / "cifar10-sample"),
+                 "--split", "test", "--resolution", "8", "--num_reference", "8", "--num_samples", "4",
+                 "--batch_size", "4", "--scheduler", "cm", "--num_inference_steps", "1", "2", "4",
+                 "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache"),
+                 "--save_samples", str(tmp_path / "png")])
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [("cm", 1, 1), ("cm", 2, 2), ("cm", 4, 4)]
+    assert len({r["fid"] for r in rows}) == 3
+    from PIL import Image
+
+    pipeline.set_progress_bar_config(disable=True)
+    expected = draw_images(pipeline, 4, seed=0, batch_size=4, num_inference_steps=2)
+    saved = sorted((tmp_path / "png" / "steps_2").glob("*.png"))
+    assert torch.equal(torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                                    for p in saved]), expected)

@@ -123,6 +123,22 @@ def test_edm_heun_is_karras_algorithm_1(tiny_unet):
     assert not torch.allclose(ours, sample_with(tiny_unet, edm_scheduler(), 5), atol=1e-2)  # second order, not Euler
 
 
+def test_edm_unipc_at_order_1_is_diffusers_edm_dpmsolver_at_order_1(tiny_unet):
+    """UniPC's predictor of order 1 without its corrector is DPM-Solver++(1) (DDIM in lambda = -ln sigma):
+    our EDM UniPC then draws diffusers' EDM DPM-Solver's images; its default (order 2, corrector) does not."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    from pipelines import EDMUniPCScheduler
+    from smallgen.objectives.edm import EDM_SCHEDULER
+
+    first_order = EDMUniPCScheduler.from_config(edm_scheduler().config, solver_order=1, disable_corrector=list(range(6)))
+    ours = sample_with(tiny_unet, first_order, 6)
+    theirs = sample_with(tiny_unet, EDMDPMSolverMultistepScheduler(**EDM_SCHEDULER, sigma_data=0.5, solver_order=1), 6)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    default = sample_with(tiny_unet, EDMUniPCScheduler.from_config(edm_scheduler().config), 6)
+    assert not torch.allclose(default, ours, atol=1e-3)
+
+
 def test_edm_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, tmp_path):
     from pipelines import EDMPipeline
     from smallgen.seeding import image_generators

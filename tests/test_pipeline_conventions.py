@@ -44,6 +44,7 @@ CASES = {
     "EDMPipeline-euler": Case("EDMPipeline", "diffusers:EDMEulerScheduler"),
     "EDMPipeline-dpmsolver": Case("EDMPipeline", "diffusers:EDMDPMSolverMultistepScheduler"),
     "EDMPipeline-heun": Case("EDMPipeline", "pipelines:EDMHeunScheduler"),
+    "EDMPipeline-unipc": Case("EDMPipeline", "pipelines:EDMUniPCScheduler"),
     "FlowMatchPipeline-euler": Case("FlowMatchPipeline", "diffusers:FlowMatchEulerDiscreteScheduler"),
     "FlowMatchPipeline-heun": Case("FlowMatchPipeline", "diffusers:FlowMatchHeunDiscreteScheduler"),
     "ConsistencyPipeline": Case("ConsistencyPipeline", "diffusers:CMStochasticIterativeScheduler"),

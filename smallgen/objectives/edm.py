@@ -39,10 +39,12 @@ class EDMObjective(UNetObjective):
     name = "edm"
     arguments = (UNetArguments, EDMArguments)
     pipeline_classes = ("EDMPipeline",)
-    # evaluate_fid.py --scheduler: diffusers' EDM schedulers and our EDM Heun (2 evaluations a step but the last)
+    # evaluate_fid.py --scheduler: diffusers' EDM schedulers, our EDM Heun (2 evaluations a step but the
+    # last) and diffusers' UniPC speaking EDM
     samplers = {"edm-euler": Sampler("diffusers:EDMEulerScheduler"),
                 "edm-dpmsolver": Sampler("diffusers:EDMDPMSolverMultistepScheduler"),
-                "edm-heun": Sampler("pipelines.scheduling_edm_heun:EDMHeunScheduler")}
+                "edm-heun": Sampler("pipelines.scheduling_edm_heun:EDMHeunScheduler"),
+                "edm-unipc": Sampler("pipelines.scheduling_edm_unipc:EDMUniPCScheduler")}
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         from models.edm import EDMPreconditioning

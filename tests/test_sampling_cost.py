@@ -1,0 +1,57 @@
+"""benchmarks/sampling_cost.py end to end on a tiny protocol: a teacher, its consistency tuning, a longer
+teacher and a GAN trained, every row scored and timed, one table and one plot (slow: about 2 minutes)."""
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLE_CIFAR10
+from tests.test_time_to_fid import TINY_RECIPE
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import sampling_cost  # noqa: E402
+import time_to_fid  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
+    recipe = TINY_RECIPE.format(unet=tiny_unet_config).replace("ddim_num_inference_steps: 2\n", "")
+    edm = tmp_path / "tiny-edm.yaml"
+    edm.write_text(recipe.replace("ddpm_num_steps: 50", "model_type: edm"))
+    consistency = tmp_path / "tiny-cm.yaml"
+    consistency.write_text(recipe.replace("ddpm_num_steps: 50", "model_type: consistency")
+                           .replace(f"model_config_name_or_path: {tiny_unet_config}\n", ""))
+    gan = tmp_path / "tiny-dcgan.yaml"
+    gan.write_text("model_type: dcgan\nbase_channels: 8\nlatent_dim: 16\ntrain_batch_size: 8\nlogger: none\n"
+                   "max_train_samples: 64\nmax_validation_samples: 8\nnum_sample_images: 4\nmax_train_steps: 3\n")
+    for name, path in (("quickstart", edm), ("quickstart-consistency", consistency), ("dcgan", gan)):
+        monkeypatch.setitem(time_to_fid.RECIPES, name, (str(path), []))
+    monkeypatch.setitem(time_to_fid.PROTOCOLS, "cpu", time_to_fid.Protocol(
+        plan={}, resolution=16, num_samples=10, num_reference=10,
+        eval_flags=["--batch_size", "10", "--cache_dir", str(tmp_path / "cache")]))
+    monkeypatch.setattr(sampling_cost, "TEACHER", ("quickstart", 0.02))
+    monkeypatch.setattr(sampling_cost, "RUNS", [("quickstart", 0.02), ("dcgan", 0.02), ("quickstart-consistency", 0.02)])
+    monkeypatch.setattr(sampling_cost, "ROWS", [("quickstart-consistency", 0.02, "cm", [1, 2]),
+                                                ("quickstart", 0.02, "edm-unipc", [2]), ("dcgan", 0.02, None, [None])])
+    return ["--dataset_name", str(SAMPLE_CIFAR10), "--output_dir", str(tmp_path / "out"), "--timing_images", "6"]
+
+
+def test_one_command_trains_tunes_scores_times_and_plots(tiny_protocol, tmp_path, capsys):
+    sampling_cost.main(tiny_protocol)
+    out = tmp_path / "out"
+    rows = json.loads((out / "sampling_cost.json").read_text())["rows"]
+    assert [(r["model"], r["sampler"], r["nfe"]) for r in rows] == [
+        ("quickstart-consistency, 0.02 min", "cm", 1), ("quickstart-consistency, 0.02 min", "cm", 2),
+        ("quickstart, 0.02 min", "edm-unipc", 2), ("dcgan, 0.02 min", "direct", 1)]
+    assert all(r["fid"] > 0 and r["images_per_second"] > 0 and r["num_samples"] == 10 for r in rows)
+    tuned = json.loads((out / "quickstart-consistency-0.02min" / "training_args.json").read_text())
+    assert tuned["init_from"] == str(out / "quickstart-0.02min")  # tuned from the teacher trained first
+    assert len((out / "sampling_cost.md").read_text().splitlines()) == 2 + len(rows)
+    assert (out / "sampling_cost.png").stat().st_size > 5000
+    capsys.readouterr()
+    sampling_cost.main(tiny_protocol)  # a rerun has every row: nothing trained, scored or timed again
+    assert "training" not in capsys.readouterr().out
+    assert json.loads((out / "sampling_cost.json").read_text())["rows"] == rows
