@@ -31,7 +31,7 @@ ROWS = [  # (run, its minutes, sampler (None: a one-call generator), steps), sco
     ("quickstart-consistency", 5, "cm", [1, 2, 4]),
     ("quickstart", 5, "edm-dpmsolver", [2, 4, 10, 50]),
     ("dcgan", 5, None, [None]),
-    ("quickstart", 5, "edm-unipc", [2, 4, 10, 50]),
+    ("quickstart", 5, "edm-unipc", [2, 4, 10]),  # at 50 NFE the solvers agree (DPM-Solver and Euler rows)
     ("quickstart", 5, "edm-euler", [50]),
     ("quickstart", 10, "edm-dpmsolver", [2, 10]),
 ]

@@ -45,6 +45,7 @@ def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
     return ["--protocol", "tiny", "--dataset_name", str(SAMPLE_CIFAR10), "--output_dir", str(tmp_path / "out")]
 
 
+@pytest.mark.slow  # three recipes trained and six scorings: about 3 minutes
 def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_path, capsys):
     time_to_fid.main(tiny_protocol)
     table = json.loads((tmp_path / "out" / "time_to_fid.json").read_text())
