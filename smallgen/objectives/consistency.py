@@ -20,6 +20,7 @@ from models.edm import SIGMA_DATA
 from smallgen.arguments import flag
 from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText
+from smallgen.objectives.edm import EDMObjective
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
 from smallgen.sampling import Sampler
 
@@ -69,7 +70,7 @@ class ConsistencyObjective(UNetObjective):
     def __init__(self, data_args, model_args, train_args, labels=None):
         from models.consistency import ConsistencyParameterization
 
-        self.parameterization = ConsistencyParameterization(SIGMA_DATA, SIGMA_MIN)
+        self.preconditioning = ConsistencyParameterization(SIGMA_DATA, SIGMA_MIN)
         self.progress = StepCount()
         self.stage_steps = 1
         super().__init__(data_args, model_args, train_args, labels)
@@ -111,16 +112,8 @@ class ConsistencyObjective(UNetObjective):
         self.progress.steps += 1
         return logged
 
-    def denoiser(self, network, labels=None):
-        """The network as the loss sees it: (x, sigma) -> f(x; sigma), the consistency function."""
-        channels_last = self.train_args.channels_last
-
-        def raw(scaled, c_noise):
-            if channels_last:
-                scaled = scaled.contiguous(memory_format=torch.channels_last)
-            return network(scaled.to(next(network.parameters()).dtype), c_noise).sample
-
-        return lambda noisy, sigma: self.parameterization.denoise(raw, noisy, sigma)
+    # The network as the loss sees it, (x, sigma) -> f(x; sigma): EDM's wrapper with this preconditioning.
+    denoiser = EDMObjective.denoiser
 
     def grid_samplers(self) -> dict:
         return {f"cm_{steps}step": ("cm", steps, {}) for steps in GRID_STEPS}
