@@ -74,9 +74,6 @@ class OffClockPlan:
     grid_every: int
     validate_every: int
 
-    def rounds(self, first_epoch: int, num_epochs: int, every: int) -> int:
-        return len({e for e in range(first_epoch, num_epochs) if (e + 1) % every == 0} | {num_epochs - 1})
-
 
 def plan_off_clock(num_epochs: int, budget_minutes: float | None, round_seconds, validation_seconds: float,
                    grid_images: int | None, grid_every: int | None) -> OffClockPlan:
@@ -96,21 +93,6 @@ def plan_off_clock(num_epochs: int, budget_minutes: float | None, round_seconds,
     validate_every = 1 if validations >= num_epochs else (num_epochs + 1 if validations <= 1
                                                           else math.ceil(num_epochs / validations))
     return OffClockPlan(images, every, validate_every)
-
-
-def off_clock_summary(plan: OffClockPlan, grid_seconds: float, validation_seconds: float | None,
-                      first_epoch: int, num_epochs: int) -> str:
-    """What the run will spend outside its training steps, said before training starts."""
-    grid_rounds = plan.rounds(first_epoch, num_epochs, plan.grid_every)
-    grids = f"sample grids of {plan.grid_images} images {grid_seconds:.1f} s a round x {grid_rounds}"
-    validation, total = "no validation", grid_seconds * grid_rounds
-    if validation_seconds is not None:
-        validations = plan.rounds(first_epoch, num_epochs, plan.validate_every)
-        validation = f"validation {validation_seconds:.1f} s x {validations}"
-        total += validation_seconds * validations
-    about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
-    return (f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints "
-            "and the export")
 
 
 def process_seconds() -> float:

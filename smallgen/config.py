@@ -22,7 +22,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # resize filters
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 LOGGER_CHOICES = ("tensorboard", "wandb", "none")
 # --help shows the flags in groups (each field names its own): these, with each model type's own after "model"
-GENERAL_HELP_GROUPS = ("data", "model", "optimisation", "checkpoints and logging", "sampling (grids)", "Hub", "speed")
+GENERAL_HELP_GROUPS = ("data", "model", "optimisation", "checkpoints and logging", "sampling (grids)", "Hub", "speed",
+                       "processes")
 
 
 @dataclass
@@ -137,6 +138,10 @@ class TrainArguments:
         None, "Threads per process when training on the CPU (default: the cores this process may use that "
               "other processes leave free, shared among the run's processes; accelerate launch alone would "
               "leave 1).", group="speed")
+    ddp_timeout: float = flag(
+        600.0, "Seconds a process waits for the others in a collective call (a peer stuck or gone) before it "
+               "stops with a message naming the step; raise it if the main process's sample grids or checkpoints "
+               "take longer (torch's default is 1800).", group="processes")
 
     def __post_init__(self):
         check_choices(self)

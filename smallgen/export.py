@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from smallgen.errors import UserError
+from smallgen.files import save_json
 
 # What stays local when the run folder is uploaded.
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
+
+
+def export_run(objective, data_args, args, results: dict, sample_images: list[str], say=print) -> None:
+    """The end of a run: the objective's pipeline, results.json and the model card in ``args.output_dir``,
+    then the push to the Hub when asked (main process only)."""
+    card = objective.export(args.output_dir)
+    save_json(os.path.join(args.output_dir, "results.json"), results)
+    data_values = {k: v for k, v in dataclasses.asdict(data_args).items() if v is not None}
+    write_model_card(args.output_dir, model_description=card.description, dataset=data_args.dataset_name,
+                     arguments={**card.arguments, **args.to_public_dict(), **data_values},
+                     metrics={k: v for k, v in results.items() if v is not None},
+                     sample_images=sample_images, tags=card.tags, trust_remote_code=card.trust_remote_code,
+                     load_from=args.output_dir)  # push_to_hub points it at the repo
+    say(f"pipeline saved to {args.output_dir}")
+    if args.push_to_hub:
+        repo_id = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
+        say(f"pushed to the Hub as {repo_id}")
 
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import itertools
 import math
 import os
-import signal
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -39,40 +38,17 @@ from smallgen.checkpoints import (
 )
 from smallgen.data import ImageFeeder, decode_to_uint8, load_image_datasets, uint8_to_model_range
 from smallgen.environment import use_cpu_cores
-from smallgen.errors import ConfigError, UserError
+from smallgen.errors import UserError
 from smallgen.files import read_json, save_json
 from smallgen.metrics import MetricsLog
 from smallgen.objectives.base import MicroBatch
+from smallgen.plan import RunPlan, step_counts
+from smallgen.processes import StopSignals, TrainingInterrupted, peers_named, shared_plan, slowest
 from smallgen.seeding import derived_seed, step_generator, validation_generator
 
 
 class TrainingDiverged(UserError):
     """The loss or the weights became NaN or infinite."""
-
-
-class TrainingInterrupted(UserError):
-    """SIGTERM or SIGINT: the run stopped after a checkpoint; exits 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-@dataclass
-class StepPlan:
-    steps_per_epoch: int
-    max_train_steps: int
-    num_epochs: int
-
-    @classmethod
-    def for_run(cls, num_batches: int, args, fixed_steps: int | None = None) -> "StepPlan":
-        """From the flags; ``fixed_steps`` is what a time budget came to (--max_train_minutes)."""
-        steps_per_epoch = num_batches // args.gradient_accumulation_steps
-        if steps_per_epoch == 0:
-            raise ConfigError(f"one epoch holds {num_batches} batches, fewer than "
-                              f"--gradient_accumulation_steps={args.gradient_accumulation_steps}")
-        max_train_steps = fixed_steps or args.max_train_steps or args.num_epochs * steps_per_epoch
-        return cls(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
 
 
 def build_objective(data_args, model_args, args, labels=None):
@@ -91,138 +67,105 @@ class Trainer:
         self.resume_path = resume_path
         self.data_args, self.model_args, self.args = data_args, model_args, args
         self.accumulation = args.gradient_accumulation_steps
-        self.plan = StepPlan.for_run(len(feeder), args)
+        self.plan: RunPlan | None = None  # made once before the first step (make_plan), the same on every process
+        self.max_train_steps = 0  # the flags' or the time budget's step count, known before the plan
         self.metrics = MetricsLog(args.output_dir, accelerator)
-        self.global_step, self.first_epoch, self.elapsed_before = 0, 0, 0.0
+        self.global_step, self.elapsed_before = 0, 0.0
         self.clock_seconds, self.timing_seconds = 0.0, 0.0  # time in training steps; time spent fixing the budget
         self.last_checkpoint = resume_path
         self.last_train, self.last_val, self.sample_paths = {}, {}, []
-        self.progress = None  # the tqdm bar, opened with the logs
+        self.progress_bar = None  # tqdm, opened with the logs
         self.run_start = 0.0  # perf_counter() at the start, less the resumed run's elapsed time
         self.sums, self.count = {}, 0  # device sums of the logged values since the last log line
         self.interval_start, self.images_in_interval = 0.0, 0  # for the logged img/s
-        self.stop_signal: int | None = None  # set by the first SIGTERM/SIGINT
-        self.off_clock = None  # grid size, epochs between grids and validations (planned before training)
+        self.grid_seconds, self.validation_seconds = 0.0, None  # a round of grids and a validation, timed
 
-    # ------------------------------------------------------------------ the run
+    # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict:
-        self.setup()
-        if self.global_step >= self.plan.max_train_steps and self.resume_path is not None:
+        """Every decision below comes from ``self.plan``: the same on every process (smallgen/plan.py)."""
+        accelerator, plan, args = self.accelerator, self.start(), self.args
+        if plan is None:
             return self.finished_already()
-        self.plan_off_clock()
         self.open_logs()
-        self.run_start = time.perf_counter() - self.elapsed_before
-        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            for epoch in range(self.first_epoch, self.plan.num_epochs):
-                self.train_epoch(epoch)
-                self.end_epoch(epoch)
-                if self.global_step >= self.plan.max_train_steps:
-                    break
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-        self.progress.close()
+        with StopSignals(accelerator) as stop:
+            for epoch in range(self.global_step // plan.steps_per_epoch, plan.num_epochs):
+                self.objective.train_mode(True)
+                done_in_epoch = self.global_step - epoch * plan.steps_per_epoch
+                batches = self.feeder.epoch(epoch, done_in_epoch * self.accumulation)
+                for _ in range(min(plan.steps_per_epoch - done_in_epoch, plan.max_train_steps - self.global_step)):
+                    # step: one optimizer step over --gradient_accumulation_steps micro-batches
+                    self.train_one_step(batches)
+                    # log: read the summed losses (the one host sync) and check them finite
+                    if plan.logs(self.global_step):
+                        self.log_training(epoch)
+                    # checkpoint: the weights checked finite first
+                    saved = plan.checkpoints(self.global_step)
+                    if saved:
+                        self.save(epoch)
+                    # stop on a signal: every process asks after every step (one all-reduce)
+                    if stop.requested():
+                        self.stop_for_signal(stop, epoch, saved)
+                # validate: each process its share of the batches, reduced
+                validated = self.validate(check=True) if plan.validates(epoch, self.global_step) else {}
+                # curves (main process)
+                self.log_epoch(epoch, validated)
+                # grids (main process)
+                if plan.draws_grids(epoch, self.global_step) and accelerator.is_main_process:
+                    with self.writing("the sample grids"):
+                        self.save_sample_grids(f"epoch_{epoch:04d}")
+                accelerator.wait_for_everyone()
+        self.progress_bar.close()
+        # export: the pipeline, results.json and the model card (smallgen/export.py)
         return self.finish()
 
-    # ------------------------------------------------------------------ preemption
+    # ------------------------------------------------------------------ before the loop: resume, budget, plan
 
-    def on_signal(self, signum, frame) -> None:
-        """First signal: stop after this step with a checkpoint. Second: exit now (the last
-        complete checkpoint stays the latest; a save in progress is only a .tmp folder)."""
-        if self.stop_signal is not None:
-            os._exit(128 + signum)
-        self.stop_signal = signum
-
-    def stop_requested(self) -> bool:
-        """Whether any process got a signal (one tiny all-reduce per step with several processes)."""
-        if self.accelerator.num_processes == 1:
-            return self.stop_signal is not None
-        flag = torch.tensor(float(self.stop_signal or 0), device=self.accelerator.device)
-        signum = int(self.accelerator.reduce(flag, "max").item())
-        self.stop_signal = self.stop_signal or (signum or None)
-        return signum > 0
-
-    def stop_for_signal(self, epoch: int, saved: bool) -> None:
-        name = signal.Signals(self.stop_signal).name
-        if not saved:
-            self.check_weights_finite()
-            self.save(epoch)
-        self.progress.close()
-        raise TrainingInterrupted(
-            f"stopped by {name} after step {self.global_step}; the checkpoint is {self.last_checkpoint}. "
-            f"Resume with the same command and --resume_from_checkpoint latest", self.stop_signal)
-
-    def setup(self) -> None:
-        accelerator = self.accelerator
-        self.objective.setup(accelerator, self.plan.max_train_steps)
+    def start(self) -> RunPlan | None:
+        """Optimizers, the resumed state, a time budget's step count, then the plan (None: resumed at the end)."""
+        accelerator, args = self.accelerator, self.args
+        state = checkpoint_info(self.resume_path) if self.resume_path else {}
+        self.max_train_steps = step_counts(len(self.feeder), self.accumulation, args.max_train_steps, args.num_epochs)[1]
+        self.objective.setup(accelerator, self.max_train_steps)
         accelerator.print(f"model: {self.objective.name}, {self.objective.describe()}")
-        if self.args.max_train_minutes:
-            self.fit_budget()
+        if args.max_train_minutes:  # the lr schedules span the budget's steps (before a checkpoint restores them)
+            self.max_train_steps = state.get("max_train_steps") or self.time_the_budget()
+            self.objective.make_lr_schedules(self.max_train_steps)
+            if state:
+                accelerator.print(f"time budget {args.max_train_minutes:g} min: {self.max_train_steps} optimizer "
+                                  f"steps, as planned in {self.resume_path}")
         if self.resume_path is not None:
             state = load_checkpoint(self.objective, accelerator, self.resume_path, self.identity())
             self.global_step = state["global_step"]
-            self.first_epoch = self.global_step // self.plan.steps_per_epoch
             self.elapsed_before = state.get("elapsed_seconds", 0.0)
             self.clock_seconds = state.get("clock_seconds", 0.0)
             accelerator.print(f"resumed from {self.resume_path} at step {self.global_step}")
-        elif self.args.resume_from_checkpoint == "latest":
+        elif args.resume_from_checkpoint == "latest":
             accelerator.print("no checkpoint in --output_dir yet: starting a new run")
+        if self.resume_path is not None and self.global_step >= self.max_train_steps:
+            return None
+        self.plan = self.make_plan(state.get("plan"))
+        print(self.plan.summary(accelerator.process_index, accelerator.num_processes), flush=True)  # every process
+        accelerator.print(self.off_clock_summary())
+        return self.plan
 
-    def fit_budget(self) -> None:
-        """--max_train_minutes: fix the step count, the resumed run's or from a timed warm-up, and
-        stretch the lr schedules over it (before a checkpoint restores their position)."""
+    def time_the_budget(self) -> int:
+        """--max_train_minutes: time real steps (the slowest process's), undo them, return the steps that fit."""
         from smallgen import budget
 
         args, accelerator = self.args, self.accelerator
-        steps = checkpoint_info(self.resume_path).get("max_train_steps") if self.resume_path else None
-        how = f"as planned in {self.resume_path}"
-        if steps is None:
-            start = time.perf_counter()
-            saved = budget.capture_state(self.objective, accelerator)
-            self.objective.train_mode(True)
-            batches = itertools.chain.from_iterable(self.feeder.epoch(e) for e in itertools.count())
-            step_seconds = budget.seconds_per_step(lambda step: self.timing_step(batches, step),
-                                                   args.max_train_minutes * 60, self.slowest)
-            budget.restore_state(self.objective, accelerator, saved)
-            steps = budget.steps_in_budget(args.max_train_minutes, step_seconds, args.max_train_steps)
-            self.timing_seconds = time.perf_counter() - start
-            how = f"{1000 * step_seconds:.1f} ms a step, timed in {self.timing_seconds:.1f} s and undone"
-        self.plan = StepPlan.for_run(len(self.feeder), args, fixed_steps=steps)
-        self.objective.make_lr_schedules(steps)
-        accelerator.print(f"time budget {args.max_train_minutes:g} min: {steps} optimizer steps ({how})")
-
-    def plan_off_clock(self) -> None:
-        """Time a round of sample grids and a validation pass, plan the grids' size and the epochs between
-        grids and validations (budget.plan_off_clock) and say what the run spends off the clock."""
-        from smallgen import budget
-
-        args, accelerator = self.args, self.accelerator
-        validation_seconds = None
-        if self.validation_images is not None and self.objective.validation_names:
-            start = time.perf_counter()
-            self.validate()
-            validation_seconds = time.perf_counter() - start
-        timed = {}
-
-        def round_seconds(images: int) -> float:  # main process only: the others draw no grids
-            if images not in timed:
-                timed[images] = self.objective.grid_seconds(images) if accelerator.is_main_process else 0.0
-            return timed[images]
-
-        self.off_clock = budget.plan_off_clock(self.plan.num_epochs, args.max_train_minutes, round_seconds,
-                                               validation_seconds or 0.0, args.num_sample_images,
-                                               args.save_images_epochs)
-        accelerator.print(budget.off_clock_summary(self.off_clock, round_seconds(self.off_clock.grid_images),
-                                                   validation_seconds, self.first_epoch, self.plan.num_epochs))
-
-    def slowest(self, seconds: float) -> float:
-        """The largest of ``seconds`` over the processes (the same on every process)."""
-        if self.accelerator.num_processes == 1:
-            return seconds
-        value = torch.tensor(seconds, device=self.accelerator.device)
-        return self.accelerator.reduce(value, "max").item()
+        start = time.perf_counter()
+        saved = budget.capture_state(self.objective, accelerator)
+        self.objective.train_mode(True)
+        batches = itertools.chain.from_iterable(self.feeder.epoch(e) for e in itertools.count())
+        step_seconds = budget.seconds_per_step(lambda step: self.timing_step(batches, step),
+                                               args.max_train_minutes * 60, lambda s: slowest(accelerator, s))
+        budget.restore_state(self.objective, accelerator, saved)
+        steps = budget.steps_in_budget(args.max_train_minutes, step_seconds, args.max_train_steps)
+        self.timing_seconds = time.perf_counter() - start
+        accelerator.print(f"time budget {args.max_train_minutes:g} min: {steps} optimizer steps "
+                          f"({1000 * step_seconds:.1f} ms a step, timed in {self.timing_seconds:.1f} s and undone)")
+        return steps
 
     def timing_step(self, batches, step: int) -> None:
         """One real step for the budget's timing, ending with a host sync."""
@@ -231,10 +174,55 @@ class Trainer:
             scheduler.step()
         float(next(iter(logged.values())))
 
+    def make_plan(self, stored: dict | None) -> RunPlan:
+        """The run's plan, the main process's broadcast to all. The epochs between validations and grids come
+        from a checkpoint's plan when resuming, else from timing a validation pass (the slowest process's) and
+        a round of grids (the main process's: it alone draws them) against the budget (budget.plan_off_clock)."""
+        from smallgen import budget
+
+        args, accelerator = self.args, self.accelerator
+        steps_per_epoch, steps, epochs = step_counts(len(self.feeder), self.accumulation, args.max_train_steps,
+                                                     args.num_epochs, self.max_train_steps)
+        validates = self.validation_images is not None and bool(self.objective.validation_names)
+        if validates and stored is None:
+            start = time.perf_counter()
+            self.validate()
+            self.validation_seconds = slowest(accelerator, time.perf_counter() - start)
+        timed = {}
+
+        def round_seconds(images: int) -> float:
+            if images not in timed:
+                timed[images] = self.objective.grid_seconds(images) if accelerator.is_main_process else 0.0
+            return timed[images]
+
+        if stored is None:
+            off = budget.plan_off_clock(epochs, args.max_train_minutes, round_seconds, self.validation_seconds or 0.0,
+                                        args.num_sample_images, args.save_images_epochs)
+            self.grid_seconds = round_seconds(off.grid_images)
+            stored = {"grid_images": off.grid_images, "grid_every": off.grid_every,
+                      "validate_every": off.validate_every}
+        plan = RunPlan(steps_per_epoch, steps, epochs, args.logging_steps, args.checkpointing_steps or 0,
+                       stored["validate_every"] if validates else 0, stored["grid_every"], stored["grid_images"])
+        return shared_plan(accelerator, plan)
+
+    def off_clock_summary(self) -> str:
+        """What the run will spend outside its training steps, said before training starts."""
+        plan, first_epoch = self.plan, self.global_step // self.plan.steps_per_epoch
+        grid_rounds = plan.rounds(first_epoch, plan.grid_every)
+        grids = f"sample grids of {plan.grid_images} images {self.grid_seconds:.1f} s a round x {grid_rounds}"
+        validation, total = "no validation", self.grid_seconds * grid_rounds
+        if self.validation_seconds is not None:
+            validations = plan.rounds(first_epoch, plan.validate_every)
+            validation = f"validation {self.validation_seconds:.1f} s x {validations}"
+            total += self.validation_seconds * validations
+        about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
+        timed = "timed before training" if self.resume_path is None else "as planned before; rounds from here"
+        return (f"off the clock ({timed}): {grids}; {validation}; about {about}, besides checkpoints and the export")
+
     def finished_already(self) -> dict:
         """Resuming at or past the last step: no step, and an existing export is left as it is."""
         args, say = self.args, self.accelerator.print
-        say(f"{self.resume_path} is at step {self.global_step} of {self.plan.max_train_steps}: nothing to train")
+        say(f"{self.resume_path} is at step {self.global_step} of {self.max_train_steps}: nothing to train")
         results_path = os.path.join(args.output_dir, "results.json")
         if os.path.exists(results_path) and os.path.exists(os.path.join(args.output_dir, "model_index.json")):
             self.accelerator.end_training()
@@ -258,22 +246,13 @@ class Trainer:
                           f"{self.accumulation} accumulation per step")
         from tqdm.auto import tqdm
 
-        self.progress = tqdm(total=self.plan.max_train_steps, initial=self.global_step, desc="training", unit="step",
-                             disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        self.progress_bar = tqdm(total=self.plan.max_train_steps, initial=self.global_step, desc="training",
+                                 unit="step", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         self.sums, self.count = {}, 0
+        self.run_start = time.perf_counter() - self.elapsed_before
         self.interval_start, self.images_in_interval = time.perf_counter(), 0
 
     # ------------------------------------------------------------------ steps
-
-    def train_epoch(self, epoch: int) -> None:
-        self.objective.train_mode(True)
-        done_in_epoch = self.global_step - epoch * self.plan.steps_per_epoch
-        batches = self.feeder.epoch(epoch, done_in_epoch * self.accumulation)
-        for _ in range(self.plan.steps_per_epoch - done_in_epoch):
-            self.train_one_step(batches)
-            self.after_step(epoch)
-            if self.global_step >= self.plan.max_train_steps:
-                break
 
     def micro_batches(self, batches, step: int) -> list[MicroBatch]:
         """The next micro-batches, each with the generator of (seed, step, micro, process)."""
@@ -296,28 +275,28 @@ class Trainer:
         self.count += 1
         self.images_in_interval += sum(len(b.images) for b in micro_batches) * self.accelerator.num_processes
         self.global_step += 1
-        self.progress.update(1)
+        self.progress_bar.update(1)
         self.clock_seconds += time.perf_counter() - started
 
-    def after_step(self, epoch: int) -> None:
-        args = self.args
-        if self.global_step % args.logging_steps == 0 or self.global_step == self.plan.max_train_steps:
-            self.log_training(epoch)
-        checkpoint_now = args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0
-        if checkpoint_now:
-            self.check_weights_finite()
+    def stop_for_signal(self, stop: StopSignals, epoch: int, saved: bool) -> None:
+        if not saved:
             self.save(epoch)
-        if self.stop_requested():
-            self.stop_for_signal(epoch, saved=bool(checkpoint_now))
+        self.progress_bar.close()
+        raise TrainingInterrupted(
+            f"stopped by {stop.name()} after step {self.global_step}; the checkpoint is {self.last_checkpoint}. "
+            f"Resume with the same command and --resume_from_checkpoint latest", stop.signum)
 
     def identity(self) -> dict:
         """What a checkpoint must have been written by to be resumed here."""
         return {"model_type": self.objective.name, "resolution": self.data_args.resolution}
 
     def save(self, epoch: int) -> None:
+        """A checkpoint of this step, its weights checked finite first."""
+        self.check_weights_finite()
         info = {"global_step": self.global_step, "epoch": epoch, "seed": self.args.seed,
-                "max_train_steps": self.plan.max_train_steps, "clock_seconds": self.clock_seconds,
-                "elapsed_seconds": time.perf_counter() - self.run_start, **self.identity()}
+                "max_train_steps": self.plan.max_train_steps, "plan": self.plan.as_dict(),
+                "clock_seconds": self.clock_seconds, "elapsed_seconds": time.perf_counter() - self.run_start,
+                **self.identity()}
         self.last_checkpoint = save_checkpoint(self.objective, self.accelerator, self.args.output_dir,
                                                self.global_step, self.args.checkpoints_total_limit, info)
 
@@ -330,7 +309,7 @@ class Trainer:
         record = {"step": self.global_step, "epoch": epoch, **self.last_train, "lr": next(iter(lrs.values())),
                   **({f"lr_{name}": lr for name, lr in lrs.items()} if len(lrs) > 1 else {}),
                   "images_per_second": self.images_in_interval / (time.perf_counter() - self.interval_start)}
-        self.progress.set_postfix({k: f"{v:.4g}" for k, v in self.last_train.items()}, refresh=False)
+        self.progress_bar.set_postfix({k: f"{v:.4g}" for k, v in self.last_train.items()}, refresh=False)
         self.metrics.log(record)
         self.sums, self.count = {}, 0
         self.interval_start, self.images_in_interval = time.perf_counter(), 0
@@ -347,8 +326,8 @@ class Trainer:
             self.diverged("the weights became non-finite")
 
     def diverged(self, what: str) -> None:
-        if self.progress is not None:
-            self.progress.close()
+        if self.progress_bar is not None:
+            self.progress_bar.close()
         where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
                  else "no checkpoint was saved yet")
         raise TrainingDiverged(f"{what} by step {self.global_step}; stopping. {where}. Try a lower "
@@ -367,29 +346,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ end of epoch: validation, curves, grids
 
-    def end_epoch(self, epoch: int) -> None:
-        accelerator, args = self.accelerator, self.args
-        last_epoch = epoch == self.plan.num_epochs - 1 or self.global_step >= self.plan.max_train_steps
-        validated = {}
-        if self.validation_images is not None and ((epoch + 1) % self.off_clock.validate_every == 0 or last_epoch):
-            validated = self.last_val = self.validate()
-            self.check_finite(self.last_val)
+    def log_epoch(self, epoch: int, validated: dict) -> None:
+        """The epoch's record in metrics.jsonl and the loss curves (main process)."""
         self.metrics.log({"step": self.global_step, "epoch": epoch, **validated,
                           "elapsed_seconds": time.perf_counter() - self.run_start})
-        if accelerator.is_main_process:
+        if self.accelerator.is_main_process:
             from smallgen.plots import plot_loss_curves
 
             with self.writing("the loss curves"):
-                plot_loss_curves(self.metrics.read(), os.path.join(args.output_dir, "loss_curves.png"),
+                plot_loss_curves(self.metrics.read(), os.path.join(self.args.output_dir, "loss_curves.png"),
                                  title=f"{self.objective.name} training and validation losses")
-        if accelerator.is_main_process and ((epoch + 1) % self.off_clock.grid_every == 0 or last_epoch):
-            with self.writing("the sample grids"):
-                self.save_sample_grids(f"epoch_{epoch:04d}")
-        accelerator.wait_for_everyone()
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Batch-size-weighted mean of the objective's validation losses; batch b seeded by b."""
+    def validate(self, check: bool = False) -> dict[str, float]:
+        """Batch-size-weighted mean of the objective's validation losses; batch b seeded by b. With ``check``:
+        kept as the run's last validation and checked finite."""
         accelerator, images, batch = self.accelerator, self.validation_images, self.args.eval_batch_size
         device, names = accelerator.device, self.objective.validation_names
         if not names:
@@ -408,13 +379,17 @@ class Trainer:
         self.objective.train_mode(True)
         stacked = torch.stack([totals.get(k, torch.zeros((), device=device)) for k in names] + [count])
         stacked = accelerator.reduce(stacked, "sum")  # every process joins, even one with no batch
-        return {k: (stacked[i] / stacked[-1].clamp(min=1)).item() for i, k in enumerate(names)}
+        losses = {k: (stacked[i] / stacked[-1].clamp(min=1)).item() for i, k in enumerate(names)}
+        if check:
+            self.last_val = losses
+            self.check_finite(losses)
+        return losses
 
     def save_sample_grids(self, tag: str) -> None:
         from smallgen.plots import save_image_grid
 
         self.sample_paths = []
-        for name, grid in self.objective.sample_grids(self.off_clock.grid_images, self.args.seed).items():
+        for name, grid in self.objective.sample_grids(self.plan.grid_images, self.args.seed).items():
             images, per_row = grid if isinstance(grid, tuple) else (grid, None)  # (images, images per row)
             file = f"{tag}_{name}.png" if name else f"{tag}.png"
             path = save_image_grid(images, os.path.join(self.args.output_dir, "samples", file), per_row)
@@ -440,44 +415,30 @@ class Trainer:
                           f"training steps; {results['training_seconds'] / 60:.2f} min with validation, grids "
                           f"and checkpoints")
         if accelerator.is_main_process:
+            from smallgen.export import export_run
+
             with self.writing(f"the pipeline to {self.args.output_dir}"):
-                self.export(results)
+                export_run(self.objective, self.data_args, self.args, results, self.sample_paths, accelerator.print)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
-
-    def export(self, results: dict) -> None:
-        from smallgen.export import push_to_hub, write_model_card
-
-        args, say = self.args, self.accelerator.print
-        card = self.objective.export(args.output_dir)
-        save_json(os.path.join(args.output_dir, "results.json"), results)
-        data_values = {k: v for k, v in dataclasses.asdict(self.data_args).items() if v is not None}
-        write_model_card(args.output_dir, model_description=card.description, dataset=self.data_args.dataset_name,
-                         arguments={**card.arguments, **args.to_public_dict(), **data_values},
-                         metrics={k: v for k, v in results.items() if v is not None},
-                         sample_images=self.sample_paths, tags=card.tags, trust_remote_code=card.trust_remote_code,
-                         load_from=args.output_dir)  # push_to_hub points it at the repo
-        say(f"pipeline saved to {args.output_dir}")
-        if args.push_to_hub:
-            repo_id = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
-            say(f"pushed to the Hub as {repo_id}")
 
 
 def train(data_args, model_args, args) -> dict:
     """Check everything, then train, export the pipeline to ``args.output_dir`` and return the metrics."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 
     from smallgen.objectives import objective_class
 
     resuming = args.resume_from_checkpoint is not None
     objective_cls = objective_class(model_args.model_type, model_args.class_conditional)
-    objective_cls.check_arguments(data_args, model_args, args)  # config errors first
+    objective_cls.check_arguments(data_args, model_args, args)  # config errors first, checked once
     check_output_dir(args.output_dir, resuming, args.overwrite_output_dir)
     resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, log_with=None if args.logger == "none" else args.logger,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=args.ddp_timeout))],
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)))
     use_cpu_cores(accelerator, args.cpu_threads)
@@ -489,7 +450,7 @@ def train(data_args, model_args, args) -> dict:
     accelerator.print(f"data: {data.summary()}")
     labels, validation_labels = _labels(data, objective_cls.needs_labels)
     set_seed(args.seed)  # right before the networks are built: their initial weights come from it
-    objective = build_objective(data_args, model_args, args, labels)
+    objective = objective_cls(data_args, model_args, args, labels)
     feeder = ImageFeeder(data.train, data.image_column, data_args, args, accelerator)
     if labels is not None:
         feeder.use_labels(labels.values)
@@ -507,7 +468,8 @@ def train(data_args, model_args, args) -> dict:
             lock.acquire()
             prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)
         accelerator.wait_for_everyone()
-        return trainer.run()
+        with peers_named(accelerator, lambda: trainer.global_step, args.ddp_timeout):
+            return trainer.run()
     finally:
         lock.release()
 

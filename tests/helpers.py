@@ -72,15 +72,54 @@ def one_thread_each(argv) -> list[str]:
     return argv
 
 
-def launch_two_processes(argv, timeout=600, command="train_unconditional.py"):
-    """Two real CPU processes (gloo) running ``command``: ``--cpu`` alone would start only one."""
-    return subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         command, *one_thread_each(argv)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
-    )
+def launch_two_processes(argv, timeout=180, command="train_unconditional.py", ddp_timeout=60, env=None):
+    """Two real CPU processes (gloo) running ``command`` (``--cpu`` alone would start only one); ``stdout`` and
+    ``stderr`` are rank 0's then rank 1's, then the launcher's. A run that has not ended after ``timeout``
+    seconds is killed, with its launcher, and the test fails at once showing each process's plan and last
+    lines. Training runs get ``--ddp_timeout ddp_timeout``: a process left waiting gives up first."""
+    import signal
+    import tempfile
+
+    import pytest
+
+    logs = tempfile.mkdtemp(prefix="ranks-")
+    extra = ["--ddp_timeout", str(ddp_timeout)] if "train" in command else []
+    args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            "--tee", "3", "--log_dir", logs, command, *one_thread_each(argv), *extra]
+    launcher = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                     "ACCELERATE_USE_CPU": "true", **(env or {})})
+    try:
+        _, launcher_err = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes
+        launcher.communicate()
+        pytest.fail(f"two processes still running after {timeout} s, killed:\n" + _ranks_report(logs))
+    ranks = _rank_logs(logs)
+    return subprocess.CompletedProcess(args, launcher.returncode, "".join(out for out, _ in ranks),
+                                       "".join(err for _, err in ranks) + launcher_err)
+
+
+def _rank_logs(folder) -> list[tuple[str, str]]:
+    """(stdout, stderr) of each rank, from torchrun's --log_dir (one attempt: no restarts)."""
+    from pathlib import Path
+
+    found = {}
+    for path in Path(folder).glob("*/attempt_*/*/std*.log"):
+        found.setdefault(int(path.parent.name), {})[path.stem] = path.read_text(errors="replace")
+    return [(found.get(rank, {}).get("stdout", ""), found.get(rank, {}).get("stderr", "")) for rank in (0, 1)]
+
+
+def _ranks_report(folder) -> str:
+    """Each rank's plan line and its last lines (tqdm's redraws split into lines)."""
+    report = []
+    for rank, (out, err) in enumerate(_rank_logs(folder)):
+        lines = [line.strip() for line in (out + err).replace("\r", "\n").splitlines() if line.strip()]
+        plan = [line for line in lines if line.startswith("plan")]
+        report.append(f"rank {rank}: {plan[-1] if plan else '(no plan printed)'}\n  " + "\n  ".join(lines[-6:]))
+    return "\n".join(report)
 
 
 FAKE_SRUN = """#!/bin/bash

@@ -153,6 +153,8 @@ def test_the_budgeted_step_count_reaches_the_lr_schedule(sprites_dir, tiny_unet_
 
 
 def test_off_the_clock_work_keeps_to_its_share_of_a_budget_and_flags_win():
+    from smallgen.plan import rounds
+
     def cost(per_image):
         return lambda images: per_image * images
 
@@ -160,14 +162,14 @@ def test_off_the_clock_work_keeps_to_its_share_of_a_budget_and_flags_win():
     assert (plan.grid_images, plan.grid_every, plan.validate_every) == (16, 10, 1)  # no budget: the old defaults
     # 1 min: a tenth is 6 s; a round of 16 images would take 19.2 s, so 5 images (6 s), one round (the last)
     plan = budget.plan_off_clock(17, 1.0, cost(1.2), 0.4, None, None)
-    assert (plan.grid_images, plan.grid_every) == (5, 18) and plan.rounds(0, 17, plan.grid_every) == 1
-    assert plan.validate_every == 3 and plan.rounds(0, 17, 3) == 6  # 7 validations fit in 3 s: every 3 epochs
+    assert (plan.grid_images, plan.grid_every) == (5, 18) and rounds(0, 17, plan.grid_every) == 1
+    assert plan.validate_every == 3 and rounds(0, 17, 3) == 6  # 7 validations fit in 3 s: every 3 epochs
     plan = budget.plan_off_clock(40, 1.0, cost(1 / 16), 0.01, None, None)  # cheap: 6 rounds of 16 images
-    assert (plan.grid_images, plan.grid_every, plan.validate_every) == (16, 7, 1) and plan.rounds(0, 40, 7) == 6
+    assert (plan.grid_images, plan.grid_every, plan.validate_every) == (16, 7, 1) and rounds(0, 40, 7) == 6
     plan = budget.plan_off_clock(17, 1.0, cost(1.2), 0.4, 16, 5)  # given flags are kept
     assert (plan.grid_images, plan.grid_every) == (16, 5)
     assert budget.plan_off_clock(17, 1.0, cost(100.0), 0.4, None, None).grid_images == 4  # never below 4
-    assert plan.rounds(20, 50, 10) == 3  # resumed at epoch 20: after epochs 30, 40 and 50
+    assert rounds(20, 50, 10) == 3  # resumed at epoch 20: after epochs 30, 40 and 50
 
 
 def test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it(sprites_dir, tiny_unet_config, tmp_path):

@@ -23,12 +23,12 @@ def _run_with_signals(argv, at_step: int, signum: int, again_during_save: bool =
     code = (
         "import os, signal, safetensors.torch as st\n"
         "from smallgen import trainer\n"
-        "after_step = trainer.Trainer.after_step\n"
-        "def hooked(self, epoch):\n"
+        "train_one_step = trainer.Trainer.train_one_step\n"
+        "def hooked(self, batches):\n"
+        "    train_one_step(self, batches)\n"
         f"    if self.global_step == {at_step}:\n"
         f"        os.kill(os.getpid(), {int(signum)})\n"
-        "    after_step(self, epoch)\n"
-        "trainer.Trainer.after_step = hooked\n"
+        "trainer.Trainer.train_one_step = hooked\n"
         "write = st.save_file\n"
         "def save_file(tensors, filename, *args, **kwargs):\n"
         f"    if {again_during_save!r} and 'checkpoint-{at_step}' in str(filename):\n"
@@ -154,10 +154,10 @@ def test_a_run_that_fails_releases_its_lock(sprites_dir, tiny_unet_config, tmp_p
     from smallgen.errors import UserError
     from smallgen.trainer import Trainer
 
-    def fail(self, epoch):
+    def fail(self, epoch, validated):
         raise UserError("failed at the end of an epoch")
 
-    monkeypatch.setattr(Trainer, "end_epoch", fail)
+    monkeypatch.setattr(Trainer, "log_epoch", fail)
     out = tmp_path / "run"
     with pytest.raises(UserError, match="failed at the end of an epoch"):
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=2, checkpointing_steps=1))
