@@ -84,7 +84,7 @@ class Trainer:
 
     def run(self) -> dict:
         """Every decision below comes from ``self.plan``: the same on every process (smallgen/plan.py)."""
-        accelerator, plan, args = self.accelerator, self.start(), self.args
+        accelerator, plan = self.accelerator, self.start()
         if plan is None:
             return self.finished_already()
         self.open_logs()
