@@ -35,7 +35,8 @@ def test_a_process_left_waiting_gives_up_naming_the_step(sprites_dir, tiny_unet_
     the next collective, not 30 minutes."""
     argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "run", max_train_steps=4, train_batch_size=4)
     start = time.perf_counter()
-    result = launch_two_processes(argv, command=SKEWED, env={"SKEW_SECONDS": "60"}, ddp_timeout=5)
+    result = launch_two_processes(argv, command=SKEWED, env={"SKEW_SECONDS": "60"}, ddp_timeout=5,
+                                  timeout=45)
     assert result.returncode != 0
     assert time.perf_counter() - start < 50, "the launch outlived the stuck process's 60 s"
     assert "process 0 of 2 gave up waiting for the others at step 0" in result.stderr, result.stderr[-3000:]

@@ -2,6 +2,7 @@
 
     python tools/mutations.py             # every mutation: caught / survived / stale
     python tools/mutations.py --list      # names and claims only
+    python tools/mutations.py --stale     # only the mutations whose text is gone (seconds)
     python tools/mutations.py --only step-noise-ignores-step lr-stepped-per-micro-batch
 
 Each mutation is a text substitution in one source file plus the tests that should fail once it
@@ -82,7 +83,8 @@ MUTATIONS = [
       [f"{CLAIMS}::test_a_failed_save_never_leaves_a_checkpoint_folder",
        f"{CLAIMS}::test_a_kill_during_a_save_leaves_the_previous_checkpoint_latest"]),
     m("no-finite-check-before-checkpoint", "a NaN never reaches a checkpoint", "smallgen/trainer.py",
-      [("        if checkpoint_now:\n            self.check_weights_finite()\n", "        if checkpoint_now:\n")],
+      [('        """A checkpoint of this step, its weights checked finite first."""\n        self.check_weights_finite()\n',
+        '        """A checkpoint of this step, its weights checked finite first."""\n')],
       [f"{CLAIMS}::test_no_nan_reaches_a_checkpoint_between_logging_steps",
        f"{CLAIMS}::test_an_inf_gradient_at_a_checkpoint_step_is_never_saved"]),
     m("baselines-nan-stop-disabled", "a NaN/inf stops the run, for every model type", "smallgen/trainer.py",
@@ -118,13 +120,13 @@ MUTATIONS = [
       [f"{CHECKPOINTS}::test_existing_output_dir_is_not_overwritten"]),
     m("output-dir-cleared-before-checks", "a bad argument leaves the old run folder byte-identical",
       "smallgen/trainer.py",
-      [("    objective_cls.check_arguments(data_args, model_args, args)  # config errors first\n",
+      [("    objective_cls.check_arguments(data_args, model_args, args)  # config errors first, checked once\n",
         "    prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)\n"
-        "    objective_cls.check_arguments(data_args, model_args, args)  # config errors first\n")],
+        "    objective_cls.check_arguments(data_args, model_args, args)  # config errors first, checked once\n")],
       [f"{CHECKPOINTS}::test_bad_arguments_leave_the_old_run_untouched"]),
     m("resume-steps-past-the-end", "resuming a finished run does no step and writes nothing", "smallgen/trainer.py",
-      [("        if self.global_step >= self.plan.max_train_steps and self.resume_path is not None:\n"
-        "            return self.finished_already()\n", "")],
+      [("        if self.resume_path is not None and self.global_step >= self.max_train_steps:\n            return None\n",
+        "")],
       [f"{CHECKPOINTS}::test_resuming_a_finished_run_changes_nothing"]),
     m("resume-ignores-checkpoint", "after kill -9, resuming from the latest checkpoint ends where a straight run does",
       "smallgen/checkpoints.py",
@@ -132,11 +134,11 @@ MUTATIONS = [
         "device))\n", "            pass\n")],
       [f"{CHECKPOINTS}::test_exact_resume_after_kill_9"]),
     m("signals-not-handled", "SIGTERM/SIGINT finish the step, write a checkpoint and exit 128 + signal",
-      "smallgen/trainer.py", [("signal.signal(s, self.on_signal)", "signal.getsignal(s)")],
+      "smallgen/processes.py", [("signal.signal(s, self.on_signal)", "signal.getsignal(s)")],
       ["tests/test_faults.py::test_a_signal_finishes_the_step_saves_and_exits"]),
-    m("second-signal-waits", "a second signal during that save exits at once", "smallgen/trainer.py",
-      [("        if self.stop_signal is not None:\n            os._exit(128 + signum)\n",
-        "        if self.stop_signal is not None:\n            return\n")],
+    m("second-signal-waits", "a second signal during that save exits at once", "smallgen/processes.py",
+      [("        if self.signum is not None:\n            os._exit(128 + signum)\n",
+        "        if self.signum is not None:\n            return\n")],
       ["tests/test_faults.py::test_a_second_signal_during_the_save_exits_at_once"]),
     m("flag-without-help", "--help is a manual: every flag has a help text", "smallgen/config.py",
       [('flag(1e-4, "Peak learning rate (after warm-up).", group="optimisation")',
@@ -171,11 +173,24 @@ MUTATIONS = [
                           "def read_json(")],
       ["tests/test_structure.py::test_no_import_cycles"]),
     m("budget-timing-not-undone", "the budget's timing steps leave no trace", "smallgen/trainer.py",
-      [("            budget.restore_state(self.objective, accelerator, saved)\n", "")],
+      [("        budget.restore_state(self.objective, accelerator, saved)\n", "")],
       ["tests/test_budget.py::test_a_time_budget_equals_its_step_count_given_directly"]),
+    m("plan-from-own-clock", "every process follows one plan, made from timings every process agrees on",
+      "smallgen/trainer.py",
+      [("self.validation_seconds = slowest(accelerator, time.perf_counter() - start)",
+        "self.validation_seconds = time.perf_counter() - start"),
+       ("        return shared_plan(accelerator, plan)\n", "        return plan\n")],
+      ["tests/test_processes.py::test_processes_that_time_validation_differently_follow_one_plan"]),
+    m("plan-not-stored", "the plan is stored in each checkpoint", "smallgen/trainer.py",
+      [(' "plan": self.plan.as_dict(),', "")],
+      ["tests/test_processes.py::test_processes_that_time_validation_differently_follow_one_plan"]),
+    m("collectives-wait-30-minutes", "a process left waiting in a collective gives up after --ddp_timeout",
+      "smallgen/trainer.py",
+      [("        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=args.ddp_timeout))],\n", "")],
+      ["tests/test_processes.py::test_a_process_left_waiting_gives_up_naming_the_step"]),
     m("budget-retimed-on-resume", "a resumed budget run keeps its planned steps", "smallgen/trainer.py",
-      [('steps = checkpoint_info(self.resume_path).get("max_train_steps") if self.resume_path else None',
-        "steps = None")],
+      [('self.max_train_steps = state.get("max_train_steps") or self.time_the_budget()',
+        "self.max_train_steps = self.time_the_budget()")],
       ["tests/test_budget.py::test_a_resumed_budget_keeps_its_planned_steps"]),
     m("cpu-threads-left-at-one", "accelerate launch trains on every CPU core", "smallgen/trainer.py",
       [("    use_cpu_cores(accelerator, args.cpu_threads)\n", "")],
@@ -244,7 +259,7 @@ MUTATIONS = [
       [('"v_prediction": clipped / (snr + 1)', '"v_prediction": clipped / snr')],
       ["tests/test_schedulers.py::test_min_snr_weights_per_prediction_type"]),
     m("budget-steps-miss-lr-schedule", "a time budget's step count is what the lr schedule spans", "smallgen/trainer.py",
-      [("        self.objective.make_lr_schedules(steps)\n", "")],
+      [("            self.objective.make_lr_schedules(self.max_train_steps)\n", "")],
       ["tests/test_budget.py::test_the_budgeted_step_count_reaches_the_lr_schedule"]),
     m("config-names-a-model-type", "config.py, evaluation.py and export.py name no model type", "smallgen/config.py",
       [('flag(MODEL_TYPES[0], "What to train', 'flag("ddpm", "What to train')],
@@ -456,6 +471,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", help="Run only these mutations (names).")
     parser.add_argument("--list", action="store_true", help="List the mutations and exit.")
+    parser.add_argument("--stale", action="store_true", help="Only list the mutations whose text is gone (seconds).")
     parser.add_argument("--timeout", type=int, default=900, help="Seconds per mutation.")
     parser.add_argument("--verbose", action="store_true", help="Print pytest's output for every mutation.")
     args = parser.parse_args(argv)
@@ -467,6 +483,11 @@ def main(argv=None) -> int:
         for mu in chosen:
             print(f"{mu.name:40s} {mu.claim}")
         return 0
+    if args.stale:
+        stale = [mu.name for mu in chosen
+                 if not (ROOT / mu.path).exists() or apply((ROOT / mu.path).read_text(), mu) is None]
+        print("\n".join(f"stale     {name}" for name in stale) or "none stale")
+        return 1 if stale else 0
     verdicts = {}
     with tempfile.TemporaryDirectory(prefix="smallgen-mutations-") as folder:
         tree = Path(folder)
