@@ -68,12 +68,13 @@ def images_per_second(folder: Path, sampler: str | None, steps: int | None, coun
     """Generation speed of one row: ``count`` images in batches, after one untimed batch."""
     import torch
 
-    from smallgen.evaluation import EvaluationArguments, call_options, load_pipeline, sampling_pipeline
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.sample_sources import call_options, load_pipeline, sampling_pipeline
     from smallgen.sampling import draw_images
 
     settings = EvaluationArguments(pipeline=str(folder), dataset_name="unused", scheduler=sampler or "ddim")
     pipeline = sampling_pipeline(load_pipeline(str(folder)), settings)
-    options = call_options(pipeline, settings, steps, None)
+    options = call_options(pipeline, settings, steps, {})
     with torch.inference_mode():
         draw_images(pipeline, batch_size, seed=1, batch_size=batch_size, **options)
         start = time.perf_counter()
@@ -91,7 +92,7 @@ def speed_trials(folder: Path, count: int) -> dict[str, float]:
     """img/s of the consistency model's one step under each of SPEED_TRIALS."""
     import torch
 
-    from smallgen.evaluation import load_pipeline
+    from smallgen.sample_sources import load_pipeline
     from smallgen.sampling import draw_images
 
     speeds = {}

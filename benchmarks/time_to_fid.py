@@ -88,7 +88,9 @@ def score_data_floor(protocol: Protocol, args, output_dir: Path) -> dict:
     import numpy as np
 
     from smallgen.data import DataArguments, decode_to_uint8, load_split
-    from smallgen.evaluation import EvaluationArguments, reference_indices, save_pngs
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import reference_indices
+    from smallgen.sample_sources import save_pngs
 
     count = args.num_samples or protocol.num_samples
     data_args = DataArguments(dataset_name=args.dataset_name, resolution=protocol.resolution)

@@ -13,8 +13,9 @@ import json
 import os
 from dataclasses import dataclass
 
-from smallgen.arguments import check_choices, flag
-from smallgen.errors import ConfigError, DataError
+from smallgen.arguments import build_parser as build_flag_parser
+from smallgen.arguments import check_flags, flag, parse_into
+from smallgen.errors import ConfigError
 from smallgen.objectives import MODEL_TYPES, argument_parts, check_model_arguments
 
 LR_SCHEDULER_CHOICES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -37,29 +38,24 @@ class DataArguments:
                                       group="data")
     image_column: str | None = flag(None, "Column holding the images; detected when unset.", group="data")
     cache_dir: str | None = flag(None, "Where downloaded and prepared datasets are cached.", group="data")
-    resolution: int = flag(32, "Images are made resolution x resolution.", group="data")
+    resolution: int = flag(32, "Images are made resolution x resolution.", group="data", at_least=1)
     center_crop: bool = flag(False, "Center-crop after resizing; otherwise a random crop, as diffusers' example.",
                              group="data")
     random_flip: bool = flag(False, "Random horizontal flips in training.", group="data")
     interpolation: str = flag("bilinear", "Resize filter when a resize is needed; 'nearest' suits pixel art.",
                               group="data", choices=INTERPOLATIONS)
     validation_fraction: float = flag(0.05, "Held-out fraction when the dataset has no validation/test split.",
-                                      group="data")
+                                      group="data", at_least=0.0, below=1.0)
     split_seed: int = flag(0, "Seed of the held-out validation split.", group="data")
     label_column: str | None = flag(None, "Column of class labels (or context vectors) for --class_conditional; "
                                           "unset: a ClassLabel column or 'label'.", group="data")
-    max_train_samples: int | None = flag(None, "Keep only the first N training images (quick runs).", group="data")
-    max_validation_samples: int | None = flag(None, "Keep only the first N validation images.", group="data")
+    max_train_samples: int | None = flag(None, "Keep only the first N training images (quick runs).", group="data",
+                                         at_least=1)
+    max_validation_samples: int | None = flag(None, "Keep only the first N validation images.", group="data",
+                                              at_least=0)
 
     def __post_init__(self):
-        if self.resolution < 1:
-            raise DataError(f"--resolution must be a positive number of pixels, got {self.resolution}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise DataError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise DataError(
-                f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
+        check_flags(self)
 
 
 @dataclass
@@ -74,7 +70,7 @@ class ModelArguments(*argument_parts(), ModelTypeArguments):
     its module in smallgen/objectives/); a flag of another model type must stay at its default."""
 
     def __post_init__(self):
-        check_choices(self)
+        check_flags(self)
         check_model_arguments(self)
 
 
@@ -85,45 +81,52 @@ class TrainArguments:
     output_dir: str = flag(f"{MODEL_TYPES[0]}-model", "Run folder; becomes the pipeline folder.", group="checkpoints and logging")
     overwrite_output_dir: bool = flag(False, "Reuse an existing --output_dir.", group="checkpoints and logging")
     seed: int = flag(0, "Seed for weights, data order, noise and samples.", group="optimisation")
-    train_batch_size: int = flag(16, "Images per process per micro-batch.", group="optimisation")
-    eval_batch_size: int = flag(16, "Batch size for validation and sampling.", group="sampling (grids)")
-    num_epochs: int = flag(100, "Passes over the training set (unless --max_train_steps).", group="optimisation")
-    max_train_steps: int | None = flag(None, "Optimizer steps; overrides --num_epochs.", group="optimisation")
+    train_batch_size: int = flag(16, "Images per process per micro-batch.", group="optimisation", at_least=1)
+    eval_batch_size: int = flag(16, "Batch size for validation and sampling.", group="sampling (grids)", at_least=1)
+    num_epochs: int = flag(100, "Passes over the training set (unless --max_train_steps).", group="optimisation",
+                           at_least=1)
+    max_train_steps: int | None = flag(None, "Optimizer steps; overrides --num_epochs.", group="optimisation",
+                                       at_least=1)
     max_train_minutes: float | None = flag(
         None, "Time budget: a short timed warm-up fixes the step count (logged, kept by resumes) to fill it; "
               "overrides --num_epochs, capped by --max_train_steps. Setup, checkpoints, validation and grids "
-              "are off the clock.", group="optimisation")
+              "are off the clock.", group="optimisation", above=0)
     gradient_accumulation_steps: int = flag(
         1, "Micro-batches per optimizer step (UNet model types); the lr schedule counts optimizer steps.",
-        group="optimisation")
-    learning_rate: float = flag(1e-4, "Peak learning rate (after warm-up).", group="optimisation")
+        group="optimisation", at_least=1)
+    learning_rate: float = flag(1e-4, "Peak learning rate (after warm-up).", group="optimisation", above=0)
     lr_scheduler: str = flag("cosine", "Learning-rate schedule (diffusers' get_scheduler).", group="optimisation",
                              choices=LR_SCHEDULER_CHOICES)
-    lr_warmup_steps: int = flag(500, "Warm-up, in optimizer steps.", group="optimisation")
+    lr_warmup_steps: int = flag(500, "Warm-up, in optimizer steps.", group="optimisation", at_least=0)
     adam_beta1: float = flag(0.95, "Adam(W) beta1.", group="optimisation")
     adam_beta2: float = flag(0.999, "Adam(W) beta2.", group="optimisation")
     adam_weight_decay: float = flag(1e-6, "Weight decay (decoupled for the UNets' AdamW).", group="optimisation")
     adam_epsilon: float = flag(1e-8, "Adam(W) epsilon.", group="optimisation")
-    max_grad_norm: float | None = flag(1.0, "Gradient clipping; 0 or none disables.", group="optimisation")
+    max_grad_norm: float | None = flag(1.0, "Gradient clipping; 0 or none disables.", group="optimisation",
+                                       at_least=0)
     use_ema: bool = flag(False, "Keep an EMA of the weights; export and sample it.", group="optimisation")
-    ema_max_decay: float = flag(0.9999, "Largest EMA decay (the warm-up grows towards it).", group="optimisation")
+    ema_max_decay: float = flag(0.9999, "Largest EMA decay (the warm-up grows towards it).", group="optimisation",
+                                at_least=0, below=1)
     ema_inv_gamma: float = flag(1.0, "EMA warm-up inverse gamma.", group="optimisation")
     ema_power: float = flag(0.75, "EMA warm-up power (3/4: long runs; 2/3: short ones).", group="optimisation")
     ema_warmup: bool = flag(True, "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power).", group="optimisation")
     mixed_precision: str = flag("no", "Autocast precision.", group="speed", choices=MIXED_PRECISION_CHOICES)
-    checkpointing_steps: int | None = flag(500, "Save a resumable state every N steps.", group="checkpoints and logging")
-    checkpoints_total_limit: int | None = flag(None, "Keep at most N checkpoints.", group="checkpoints and logging")
+    checkpointing_steps: int | None = flag(500, "Save a resumable state every N steps.", group="checkpoints and logging",
+                                           at_least=1)
+    checkpoints_total_limit: int | None = flag(None, "Keep at most N checkpoints.", group="checkpoints and logging",
+                                               at_least=1)
     resume_from_checkpoint: str | None = flag(None, "A checkpoint folder or 'latest'.", group="checkpoints and logging")
     logger: str = flag("tensorboard", "Where to log.", group="checkpoints and logging", choices=LOGGER_CHOICES)
     logging_dir: str = flag("logs", "Under --output_dir.", group="checkpoints and logging")
-    logging_steps: int = flag(50, "Log (and check the loss is finite) every N steps.", group="checkpoints and logging")
+    logging_steps: int = flag(50, "Log (and check the loss is finite) every N steps.", group="checkpoints and logging",
+                              at_least=1)
     save_images_epochs: int | None = flag(
         None, "Sample grids every N epochs and at the end (default: every 10 epochs; with --max_train_minutes, "
               "as many rounds as fit in a tenth of the budget, timed before training; validation then takes "
-              "about a twentieth, the last epoch always validated).", group="sampling (grids)")
+              "about a twentieth, the last epoch always validated).", group="sampling (grids)", at_least=1)
     num_sample_images: int | None = flag(
         None, "Images per sample grid (default: 16; with --max_train_minutes fewer, down to 4, if a round of 16 "
-              "takes more than a tenth of the budget).", group="sampling (grids)")
+              "takes more than a tenth of the budget).", group="sampling (grids)", at_least=1)
     push_to_hub: bool = flag(False, "Upload the pipeline folder (no checkpoints or logs).", group="Hub")
     hub_model_id: str | None = flag(None, "Repo id; unset: the output folder's name.", group="Hub")
     hub_token: str | None = flag(None, "Token; unset: HF_TOKEN or the cached login. Never saved.", group="Hub")
@@ -133,36 +136,18 @@ class TrainArguments:
     torch_compile: bool = flag(False, "torch.compile the network.", group="speed")
     dataset_on_device: str = flag("auto", "Hold the whole uint8 dataset as one tensor on the device (auto: when it "
                                           "fits).", group="speed", choices=("auto", "yes", "no"))
-    max_dataset_bytes: int = flag(4 << 30, "Size limit for --dataset_on_device auto.", group="speed")
+    max_dataset_bytes: int = flag(4 << 30, "Size limit for --dataset_on_device auto.", group="speed", at_least=0)
     cpu_threads: int | None = flag(
         None, "Threads per process when training on the CPU (default: the cores this process may use that "
               "other processes leave free, shared among the run's processes; accelerate launch alone would "
-              "leave 1).", group="speed")
+              "leave 1).", group="speed", at_least=1)
     ddp_timeout: float = flag(
         600.0, "Seconds a process waits for the others in a collective call (a peer stuck or gone) before it "
                "stops with a message naming the step; raise it if the main process's sample grids or checkpoints "
-               "take longer (torch's default is 1800).", group="processes")
+               "take longer (torch's default is 1800).", group="processes", above=0)
 
     def __post_init__(self):
-        check_choices(self)
-        positive = ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps",
-                    "logging_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
-        for name in ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "cpu_threads",
-                     "save_images_epochs", "num_sample_images"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be at least 1 (or left unset); got {value}")
-        if self.max_train_minutes is not None and not self.max_train_minutes > 0:
-            raise ConfigError(f"--max_train_minutes must be positive (or left unset); got {self.max_train_minutes}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning_rate must be positive; got {self.learning_rate}")
-        if not 0 <= self.ema_max_decay < 1:
-            raise ConfigError(f"--ema_max_decay must be in [0, 1); got {self.ema_max_decay}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            self.max_grad_norm = None
+        check_flags(self)
 
     def to_public_dict(self) -> dict:
         """Arguments safe to write down: the token is never saved or logged."""
@@ -250,27 +235,6 @@ and 'none' clears a recipe's optional value (e.g. --dataset_name none --train_da
 Unknown keys and invalid values are refused before anything is loaded."""
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults once per flag ('unset' for None), never after a help text that explains its own."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text.lower() or "unset" in text.lower() or action.default in (argparse.SUPPRESS,):
-            return text
-        if action.default is None:
-            return f"{text} (default: unset)" if action.option_strings else text
-        return super()._get_help_string(action)
-
-
-def _none_or(convert):
-    """An optional flag's type: 'none' clears it (a recipe's value too), anything else is converted."""
-    def parse(value: str):
-        return None if value.lower() == "none" else convert(value)
-
-    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in errors
-    return parse
-
-
 def help_groups() -> list[str]:
     """The --help groups in order: the general ones, each model type's own right after "model"."""
     own = [f.metadata["group"] for part in argument_parts() for f in dataclasses.fields(part)]
@@ -296,23 +260,12 @@ def _argument_parser_class():
 
 def build_parser():
     """The flags of every argument class, grouped for --help, with --config first."""
-    parser = _argument_parser_class()(ARGUMENT_CLASSES, description=DESCRIPTION, formatter_class=_HelpFormatter,
-                              usage="%(prog)s [--config RECIPE.yaml] [--flag value ...]")
+    parser = build_flag_parser(ARGUMENT_CLASSES, DESCRIPTION, help_groups(),
+                               usage="%(prog)s [--config RECIPE.yaml] [--flag value ...]")
     config_action = parser.add_argument("--config", default=None, help="YAML/JSON recipe whose keys are these flags.")
     general = parser._optionals  # argparse keeps groups in private lists; moving actions only changes --help
     general._group_actions.remove(config_action)
     general._group_actions.insert(1, config_action)  # right after -h
-    fields = {f.name: f for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
-    optional = {name for name, f in fields.items() if f.default is None}
-    group_of = {name: f.metadata["group"] for name, f in fields.items()}
-    group_of.update({f"no_{name}": group for name, group in group_of.items()})  # --no_ema_warmup
-    for title in help_groups():
-        group = parser.add_argument_group(title)
-        for action in [a for a in general._group_actions if group_of.get(a.dest) == title]:
-            general._group_actions.remove(action)
-            group._group_actions.append(action)
-            if action.dest in optional and action.type is not None:
-                action.type = _none_or(action.type)
     return parser
 
 
@@ -324,11 +277,5 @@ def parse_args(argv: list[str] | None = None):
     parser = build_parser()
     if known.config:
         parser.set_defaults(**load_config_file(known.config))
-    try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except ValueError as exc:  # a dataclass check outside ConfigError (e.g. a bad type in the YAML)
-        raise ConfigError(str(exc)) from exc
-    if remaining:
-        raise ConfigError(f"unknown argument(s): {' '.join(remaining)} (see --help)")
-    data_args, model_args, train_args = parsed[:3]  # then a Namespace holding --config
+    data_args, model_args, train_args = parse_into(parser, argv)[:3]  # then a Namespace holding --config
     return data_args, model_args, train_args

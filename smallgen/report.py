@@ -12,27 +12,28 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from smallgen.arguments import build_parser, check_flags, flag, parse_into
 from smallgen.errors import ConfigError, UserError
 
 
 @dataclass
 class ReportArguments:
-    runs: list[str] = field(default_factory=list, metadata={"help": "Run folders written by train_unconditional.py.",
-                                                            "nargs": "*"})
-    fid: list[str] = field(default_factory=list, metadata={"help": "evaluate_fid.py JSON files.", "nargs": "*"})
-    output_dir: str = field(default="report", metadata={"help": "Where REPORT.md and figures/ go."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Images for the forward-process strip "
-                                                                      "(default: the first run's data)."})
-    num_forward_images: int = field(default=2, metadata={"help": "Images in the forward-process strip."})
-    reverse_steps_ddpm: int | None = field(default=None, metadata={"help": "DDPM steps of the reverse strip "
-                                                                           "(default: the run's T)."})
-    reverse_steps_ddim: int = field(default=50, metadata={"help": "DDIM steps of the reverse strip."})
-    skip_reverse: bool = field(default=False, metadata={"help": "No reverse-process strips (they run the model)."})
-    title: str = field(default="Small-image generative models: comparison", metadata={"help": "Report title."})
+    runs: list[str] = flag([], "Run folders written by train_unconditional.py.", group="inputs", nargs="*")
+    fid: list[str] = flag([], "evaluate_fid.py JSON files.", group="inputs", nargs="*")
+    output_dir: str = flag("report", "Where REPORT.md and figures/ go.", group="output")
+    dataset_name: str | None = flag(None, "Images for the forward-process strip (default: the first run's data).",
+                                    group="strips")
+    num_forward_images: int = flag(2, "Images in the forward-process strip.", group="strips", at_least=1)
+    reverse_steps_ddpm: int | None = flag(None, "DDPM steps of the reverse strip (default: the run's T).",
+                                          group="strips", at_least=1)
+    reverse_steps_ddim: int = flag(50, "DDIM steps of the reverse strip.", group="strips", at_least=1)
+    skip_reverse: bool = flag(False, "No reverse-process strips (they run the model).", group="strips")
+    title: str = flag("Small-image generative models: comparison", "Report title.", group="output")
 
     def __post_init__(self):
+        check_flags(self)
         if not self.runs and not self.fid:
             raise ConfigError("give run folders (--runs) and/or FID results (--fid)")
 
@@ -269,16 +270,11 @@ def _reverse_strips(run: RunInfo, args: ReportArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from transformers import HfArgumentParser
-
     from smallgen.errors import exit_on_user_error
 
     with exit_on_user_error():
-        parser = HfArgumentParser(ReportArguments, description=__doc__.splitlines()[0])
-        try:
-            (args,) = parser.parse_args_into_dataclasses(args=argv)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        parser = build_parser([ReportArguments], __doc__.splitlines()[0], ["inputs", "strips", "output"])
+        (args,) = parse_into(parser, argv)
         path = write_report(args)
         print(f"report written to {path}")
         return path

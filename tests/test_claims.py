@@ -122,7 +122,8 @@ def test_validation_loss_uses_the_validation_images_as_they_are(sprites_dir, tin
 
 
 def test_reference_cache_key_names_dataset_split_resolution_count_and_seed(sample_cifar10, tmp_path):
-    from smallgen.evaluation import EvaluationArguments, load_reference
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import load_reference
 
     def key(**overrides):
         values = dict(samples_dir=str(tmp_path), dataset_name=sample_cifar10, split="train", resolution=16,
@@ -145,8 +146,8 @@ def test_reference_cache_key_names_dataset_split_resolution_count_and_seed(sampl
 def test_reference_cache_name_includes_the_weights(monkeypatch):
     import torch_fidelity
 
-    from smallgen.evaluation import compute_metrics
     from smallgen.inception import InceptionWeights
+    from smallgen.scores import compute_metrics
 
     seen = []
 
@@ -343,7 +344,8 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_latest(sprites_dir,
 
 
 def test_the_reference_subset_is_drawn_with_reference_seed(sample_cifar10, tmp_path):
-    from smallgen.evaluation import EvaluationArguments, load_reference, reference_indices
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import load_reference, reference_indices
 
     def indices(seed):
         args = EvaluationArguments(samples_dir=str(tmp_path), dataset_name=sample_cifar10, resolution=16,

@@ -175,8 +175,9 @@ def test_evaluate_fid_sweeps_guidance_with_class_balanced_samples(trained, tmp_p
 
     from pipelines import ClassConditionalPipeline
     from smallgen.errors import UserError
-    from smallgen.evaluation import EvaluationArguments, evaluate, generate, main, parse_args
+    from smallgen.evaluation import EvaluationArguments, evaluate, main, parse_args
     from smallgen.inception import resolve_inception_weights
+    from smallgen.sample_sources import generate
 
     data = trained.parent / "data" / "train.parquet"
     argv = ["--pipeline", str(trained), "--dataset_name", str(data), "--split", "train", "--num_samples", "4",
@@ -186,13 +187,14 @@ def test_evaluate_fid_sweeps_guidance_with_class_balanced_samples(trained, tmp_p
     results = main(argv)
     assert [(r["steps"], r["guidance_scale"]) for r in results] == [(20, 1.0), (20, 3.0)]
     assert all(r["fid"] > 0 and r["pipeline_class"] == "ClassConditionalPipeline" for r in results)
-    saved = sorted((tmp_path / "png" / "steps_20_guidance_3").glob("*.png"))
+    saved = sorted((tmp_path / "png" / "steps_20_guidance_scale_3").glob("*.png"))
     colours = [np.asarray(Image.open(p), dtype=float).mean(axis=(0, 1)) for p in saved]
     assert [c[0] > c[2] for c in colours] == [True, False, True, False]  # image i is of class i mod 2
     pipe = ClassConditionalPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
     runs = [generate(pipe, EvaluationArguments(samples_dir=str(tmp_path), train_data_dir=str(tmp_path), num_samples=4,
-                                               batch_size=b, scheduler="ddpm", seed=1), 10, torch.device("cpu"), 2.0)
+                                               batch_size=b, scheduler="ddpm", seed=1), 10, torch.device("cpu"),
+                     {"class_labels": lambda indices: [i % 2 for i in indices], "guidance_scale": 2.0})
             for b in (1, 3)]
     assert torch.equal(runs[0], runs[1])  # per-image seeds here too
     with pytest.raises(UserError, match="--num_samples 3 cannot be split evenly over the pipeline's 2 classes"):

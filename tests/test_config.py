@@ -129,3 +129,43 @@ def test_a_recipe_value_can_be_cleared(tmp_path):
     assert data_args.dataset_name is None and data_args.train_data_dir == str(tmp_path)
     recipe_value = parse_args(["--config", str(ROOT / "configs/quickstart.yaml")])[0].dataset_name
     assert recipe_value is not None  # the recipe does set it
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning_rate", "0"], "--learning_rate must be above 0; got 0.0"),
+    (["--validation_fraction", "1"], "--validation_fraction must be at least 0.0 and below 1.0; got 1.0"),
+    (["--max_train_steps", "0"], "--max_train_steps must be at least 1; got 0"),
+    (["--ddp_timeout", "-5"], "--ddp_timeout must be above 0; got -5.0"),
+    (["--model_type", "dcgan", "--kl_weight", "0.5"], "--kl_weight applies to --model_type vae"),
+    (["--model_type", "vae", "--kl_weight", "-1"], "--kl_weight must be at least 0; got -1.0"),
+    (["--model_type", "consistency", "--ct_gap_decay", "1"], "--ct_gap_decay must be above 1; got 1.0"),
+    (["--class_conditional", "--condition_dropout", "1"], "--condition_dropout must be at least 0 and below 1; got 1.0"),
+])
+def test_a_value_outside_a_flags_range_or_choices_is_refused_naming_it(argv, message):
+    from smallgen.config import parse_args
+
+    with pytest.raises(ConfigError) as error:
+        parse_args(argv)
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_every_flag_is_declared_one_way_and_no_check_changes_a_value():
+    """Every argument class of every script declares its flags with ``flag`` (help text, group, choices and
+    range in one place); parsing keeps each value as given: an unset latent size stays unset, a 0 clipping norm 0."""
+    import dataclasses
+
+    from smallgen.arguments import OUR_KEYS
+    from smallgen.config import ARGUMENT_CLASSES, parse_args
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.objectives import argument_parts
+    from smallgen.report import ReportArguments
+
+    for cls in (*ARGUMENT_CLASSES, *argument_parts(), EvaluationArguments, ReportArguments):
+        for item in dataclasses.fields(cls):
+            assert set(OUR_KEYS) <= set(item.metadata) and item.metadata["help"], f"{cls.__name__}.{item.name}"
+    from smallgen.trainer import build_objective
+
+    data_args, model_args, train_args = parse_args(["--model_type", "dcgan", "--max_grad_norm", "0"])
+    objective = build_objective(data_args, model_args, train_args)
+    assert objective.latent_dim == 100  # the DCGAN's own default, read where it is used
+    assert model_args.latent_dim is None and train_args.max_grad_norm == 0

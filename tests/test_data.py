@@ -21,7 +21,7 @@ from smallgen.data import (
     to_rgb,
     uint8_to_model_range,
 )
-from smallgen.errors import DataError
+from smallgen.errors import ConfigError, DataError
 from smallgen.testing import write_sprites_npy
 from tests.conftest import SHARED_CIFAR10, SHARED_SPRITES_LABELS, requires_shared_cifar10
 
@@ -286,7 +286,7 @@ def test_bad_sprites_files(tmp_path):
 def test_bad_arguments():
     with pytest.raises(DataError, match="--validation_fraction"):
         DataArguments(validation_fraction=1.5)
-    with pytest.raises(DataError, match="--interpolation must be one of"):
+    with pytest.raises(ConfigError, match="--interpolation must be one of"):
         DataArguments(interpolation="cubic-ish")
 
 

@@ -14,16 +14,7 @@ import torch
 from PIL import Image
 
 from smallgen.errors import UserError
-from smallgen.evaluation import (
-    EvaluationArguments,
-    evaluate,
-    generate,
-    load_samples_dir,
-    main,
-    markdown_table,
-    read_results,
-    reference_indices,
-)
+from smallgen.evaluation import EvaluationArguments, evaluate, main, markdown_table, read_results
 from smallgen.inception import (
     FID_HELPER_SHA256,
     convert_fid_helper_state_dict,
@@ -33,6 +24,8 @@ from smallgen.inception import (
     sha256_of,
     tf_to_torch_fidelity_names,
 )
+from smallgen.reference import reference_indices
+from smallgen.sample_sources import generate, load_samples_dir
 from tests.conftest import SAMPLE_CIFAR10, SHARED_CIFAR10, requires_shared_cifar10
 
 
@@ -217,7 +210,7 @@ def test_pipeline_sweep_is_reproducible_and_quantized_like_pngs(tiny_pipeline, t
 def test_dpmsolver_and_ddpm_samplers_run(tiny_pipeline, tmp_path, inception):
     from diffusers import DDPMPipeline
 
-    from smallgen.evaluation import sampling_pipeline
+    from smallgen.sample_sources import sampling_pipeline
 
     pipe = DDPMPipeline.from_pretrained(tiny_pipeline)
     for sampler, scheduler in (("dpmsolver++", "DPMSolverMultistepScheduler"), ("ddpm", "DDPMScheduler")):
@@ -319,7 +312,7 @@ def test_torch_fidelity_regression_value_cifar10_train_vs_test(tmp_path, incepti
     """torch-fidelity's own regression: 5,000 train vs 5,000 test images (36 min on a 2-core CPU)."""
     import datasets
 
-    from smallgen.evaluation import reference_indices as draw
+    from smallgen.reference import reference_indices as draw
 
     train = datasets.load_dataset(str(SHARED_CIFAR10))["train"]
     folder = tmp_path / "train5000"
@@ -352,3 +345,15 @@ def test_an_interrupted_sweep_keeps_the_finished_settings(tiny_pipeline, tmp_pat
     saved = json.loads(out.read_text())
     assert [r["steps"] for r in saved["results"]] == [2] and saved["results"][0]["fid"] > 0
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_model_types_own_evaluate_flag_is_refused_for_other_pipelines(tiny_pipeline, tmp_path, inception):
+    """--gan_batchnorm is declared by the GAN model types (smallgen/objectives/baselines.py), --guidance_scale by
+    the class-conditional one: a DDPMPipeline is refused either, naming the pipelines that take it."""
+    from smallgen.evaluation import parse_args
+
+    for flag, value, takers in (("--gan_batchnorm", "train", "GANPipeline"),
+                                ("--guidance_scale", "2", "ClassConditionalPipeline")):
+        args = parse_args(_eval_argv(tiny_pipeline, tmp_path, inception, "--num_inference_steps", "2", flag, value))
+        with pytest.raises(UserError, match=f"^{flag} applies to {takers}, not DDPMPipeline$"):
+            evaluate(args)

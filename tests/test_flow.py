@@ -213,7 +213,7 @@ def test_flow_flags_are_checked_reach_the_loss_and_only_flow_takes_them(sprites_
     assert ModelArguments(model_type="flow", flow_timestep_density="logit_normal").flow_logit_std == 1.0
     with pytest.raises(ConfigError, match="--flow_timestep_density must be one of uniform, logit_normal, mode"):
         ModelArguments(model_type="flow", flow_timestep_density="beta")
-    with pytest.raises(ConfigError, match="--flow_logit_std must be positive"):
+    with pytest.raises(ConfigError, match="--flow_logit_std must be above 0"):
         ModelArguments(model_type="flow", flow_logit_std=0.0)
     with pytest.raises(ConfigError, match="--flow_logit_mean applies to --model_type flow, not edm"):
         ModelArguments(model_type="edm", flow_logit_mean=0.5)

@@ -49,7 +49,8 @@ def test_call_options_may_depend_on_the_image_indices(tiny_unet):
 def test_evaluate_fid_samples_do_not_depend_on_the_batch_size(tiny_unet, tmp_path):
     from models.baselines import ConvDecoder
     from pipelines import GANPipeline
-    from smallgen.evaluation import EvaluationArguments, generate, sampling_pipeline
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.sample_sources import generate, sampling_pipeline
 
     torch.manual_seed(0)
     pipelines = {"ddpm": ddpm_pipeline(tiny_unet), "gan": GANPipeline(decoder=ConvDecoder(8, 10, base_channels=8).eval())}

@@ -290,7 +290,7 @@ def test_a_steps_offset_past_the_schedule_is_refused_with_a_message():
     from diffusers import DDIMScheduler
 
     from smallgen.errors import UserError
-    from smallgen.evaluation import check_sampler_steps
+    from smallgen.sample_sources import check_sampler_steps
 
     sampler = DDIMSampler(num_train_timesteps=100, steps_offset=1)
     with pytest.raises(ValueError, match="steps_offset 1 with 100 inference steps starts at timestep 100, past the "

@@ -83,15 +83,18 @@ def test_networks_and_math_import_no_plumbing():
 
 
 def test_the_plumbing_names_no_model_type():
-    """config.py, evaluation.py and export.py read every model type's flags, samplers and pipelines from
-    the registry (smallgen/objectives/__init__.py), so adding one edits none of them."""
+    """The loop, the plan, the command lines, evaluate_fid's layers and the export read every model type's flags,
+    samplers, pipelines and evaluate_fid call options from the registry (smallgen/objectives/__init__.py), so
+    adding one edits none of them."""
     import re
 
     from smallgen.objectives import OBJECTIVES
 
     names = sorted({key.split("+")[0] for key in OBJECTIVES})
     pattern = re.compile(rf"\b({'|'.join(names)})\b", re.IGNORECASE)
-    for module in ("smallgen/config.py", "smallgen/evaluation.py", "smallgen/export.py"):
+    plumbing = ("config.py", "arguments.py", "trainer.py", "plan.py", "processes.py", "budget.py", "evaluation.py",
+                "sample_sources.py", "reference.py", "scores.py", "export.py")
+    for module in (f"smallgen/{name}" for name in plumbing):
         found = [(n, line.strip()) for n, line in enumerate((ROOT / module).read_text().splitlines(), 1)
                  if pattern.search(line)]
         assert not found, f"{module} names a model type: {found}"

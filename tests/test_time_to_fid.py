@@ -86,7 +86,8 @@ def _shared_images(pngs, num_reference):
     import numpy as np
     from PIL import Image
 
-    from smallgen.evaluation import EvaluationArguments, load_reference
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import load_reference
 
     arguments = EvaluationArguments(samples_dir=str(pngs[0].parent), dataset_name=str(SAMPLE_CIFAR10),
                                     split="train", resolution=16, num_reference=num_reference)

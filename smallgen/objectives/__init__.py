@@ -14,7 +14,7 @@ from functools import cache
 from importlib import import_module
 
 from smallgen.arguments import non_default_fields
-from smallgen.errors import ConfigError
+from smallgen.errors import ConfigError, UserError
 
 OBJECTIVES = {
     "ddpm": "smallgen.objectives.diffusion:DiffusionObjective",
@@ -78,11 +78,31 @@ def check_model_arguments(arguments) -> None:
     cls = objective_class(arguments.model_type, arguments.class_conditional)
     for part in argument_parts():
         if part in cls.arguments:
-            part.check(arguments, cls)
+            if hasattr(part, "check"):  # checks across flags; ranges and choices are the flags' own
+                part.check(arguments, cls)
             continue
         changed = non_default_fields(part, arguments)
         if changed:
             raise ConfigError(f"--{changed[0]} applies to --model_type {_takers(part)}, not {_flag_for(cls.name)}")
+
+
+@cache
+def evaluation_parts() -> tuple[type, ...]:
+    """Every model type's evaluate_fid.py argument classes, each once, in registry order."""
+    parts: list[type] = []
+    for cls in objective_classes().values():
+        parts += [part for part in cls.evaluation_arguments if part not in parts]
+    return tuple(parts)
+
+
+def check_evaluation_arguments(objective, pipeline_class: str, arguments) -> None:
+    """UserError for an evaluate_fid.py flag of another model type's pipelines that is not at its default."""
+    for part in evaluation_parts():
+        changed = non_default_fields(part, arguments)
+        if changed and (objective is None or part not in objective.evaluation_arguments):
+            takers = [c for key, cls in objective_classes().items() if part in cls.evaluation_arguments
+                      for c in cls.pipeline_classes]
+            raise UserError(f"--{changed[0]} applies to {', '.join(dict.fromkeys(takers))}, not {pipeline_class}")
 
 
 def sampler_names() -> tuple[str, ...]:

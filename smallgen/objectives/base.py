@@ -6,9 +6,12 @@ checkpoints, the validation and sample-grid schedules, export and push. An objec
 flags, networks, loss, optimizers and extra checkpoint state, its pipeline and its samplers:
 
 * class attributes: ``name`` (its registry key), ``arguments`` (its argument classes: the flags it
-  reads, each with ``check(arguments, objective_class)``), ``needs_labels``, ``validation_names``,
+  reads, each with ``check(arguments, objective_class)`` where flags depend on each other),
+  ``needs_labels``, ``validation_names``,
   ``pipeline_classes`` (the pipeline class names it exports, so evaluate_fid.py knows its
-  samplers) and ``samplers`` ({evaluate_fid.py --scheduler name: ``smallgen.sampling.Sampler``});
+  samplers), ``samplers`` ({evaluate_fid.py --scheduler name: ``smallgen.sampling.Sampler``}) and
+  ``evaluation_arguments`` (evaluate_fid.py flags of its pipelines alone, which
+  ``evaluation_settings(pipeline, args)`` turns into the pipeline call's keywords);
 * ``check_arguments(data_args, model_args, train_args)``: raise ConfigError for data or training
   settings this model type cannot take (before anything is loaded or written);
 * ``build_networks()``: {name: network}, called once by ``__init__``;
@@ -57,6 +60,7 @@ class Objective:
     validation_names: tuple[str, ...] = ()  # the keys validation_losses returns (none: no validation)
     pipeline_classes: tuple[str, ...] = ()  # the pipeline classes it exports (and evaluate_fid.py samples)
     samplers: dict = {}  # evaluate_fid.py --scheduler: smallgen.sampling.Sampler
+    evaluation_arguments: tuple[type, ...] = ()  # evaluate_fid.py flags that only this model type's pipelines take
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         self.data_args, self.model_args, self.train_args = data_args, model_args, train_args
@@ -149,6 +153,12 @@ class Objective:
         start = time.perf_counter()
         self.sample_grids(num_images, seed=0)
         return time.perf_counter() - start
+
+    @classmethod
+    def evaluation_settings(cls, pipeline, args) -> list[dict]:
+        """The keywords evaluate_fid.py passes this model type's pipeline, one dict per setting it sweeps
+        (each scored on its own), from ``args``' ``evaluation_arguments`` flags."""
+        return [{}]
 
     def model_card(self) -> ModelCardText:
         raise NotImplementedError

@@ -23,41 +23,43 @@ class BaselineArguments:
     """The size of a baseline's networks."""
 
     latent_dim: int | None = flag(None, "Latent size; unset: vae 128, dcgan 100, vaegan 256 (seeds 002/003).",
-                                  group="baselines")
-    base_channels: int = flag(64, "First conv width (doubles per level).", group="baselines")
-
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if arguments.latent_dim is None:
-            arguments.latent_dim = objective.default_latent_dim
-        if arguments.latent_dim < 1 or arguments.base_channels < 1:
-            raise ConfigError("--latent_dim and --base_channels must be positive")
+                                  group="baselines", at_least=1)
+    base_channels: int = flag(64, "First conv width (doubles per level).", group="baselines", at_least=1)
 
 
 @dataclass
 class VAEArguments:
-    kl_weight: float = flag(1.0, "Weight of the KL term.", group="baselines")
-
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if arguments.kl_weight < 0:
-            raise ConfigError(f"--kl_weight must be non-negative; got {arguments.kl_weight}")
+    kl_weight: float = flag(1.0, "Weight of the KL term.", group="baselines", at_least=0)
 
 
 @dataclass
 class VAEGANArguments:
-    adversarial_weight: float = flag(0.1, "Weight of the adversarial term.", group="baselines")
+    adversarial_weight: float = flag(0.1, "Weight of the adversarial term.", group="baselines", at_least=0)
 
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if arguments.adversarial_weight < 0:
-            raise ConfigError(f"--adversarial_weight must be non-negative; got {arguments.adversarial_weight}")
+
+@dataclass
+class GANEvaluationArguments:
+    """evaluate_fid.py: how a GAN pipeline samples."""
+
+    gan_batchnorm: str = flag(
+        "eval", "GAN pipelines: BatchNorm with the running statistics (eval) or each batch's own (train, as "
+                "PyTorch's GAN example samples; images then depend on --batch_size).", group="GAN pipelines",
+        choices=("eval", "train"))
+
+
+def gan_evaluation_settings(pipeline, args) -> list[dict]:
+    return [{"batchnorm": args.gan_batchnorm}]
 
 
 class BaselineObjective(Objective):
     pipeline_component = "decoder"  # the pipeline's argument that holds pipeline_network()
     supports_ema = False
     default_latent_dim = 128
+
+    @property
+    def latent_dim(self) -> int:
+        """--latent_dim, or this model type's own default when unset."""
+        return self.model_args.latent_dim or self.default_latent_dim
 
     @classmethod
     def check_arguments(cls, data_args, model_args, train_args) -> None:
@@ -79,14 +81,14 @@ class BaselineObjective(Objective):
                         for name, network in self.networks.items()}
 
     def latents(self, n: int, generator) -> torch.Tensor:
-        return torch.randn((n, self.model_args.latent_dim), generator=generator, device=self.accelerator.device)
+        return torch.randn((n, self.latent_dim), generator=generator, device=self.accelerator.device)
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         """Backward, clip, step and clear one network's optimizer."""
         network, optimizer = self.networks[name], self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        if self.train_args.max_grad_norm is not None:
+        if self.train_args.max_grad_norm:  # 0 or unset: no clipping
             self.accelerator.clip_grad_norm_(network.parameters(), self.train_args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -122,7 +124,7 @@ class BaselineObjective(Objective):
     def model_card(self) -> ModelCardText:
         m = self.model_args
         return ModelCardText(
-            description=(f"A {self.name.upper()} baseline (latent {m.latent_dim}, {self.data_args.resolution} px) "
+            description=(f"A {self.name.upper()} baseline (latent {self.latent_dim}, {self.data_args.resolution} px) "
                          f"trained with smallgen's `train_unconditional.py`. Load it with `{self.pipeline_classes[0]}."
                          "from_pretrained` (smallgen installed) or `DiffusionPipeline.from_pretrained(..., "
                          "trust_remote_code=True)`: the pipeline and model code are in this folder."),
@@ -146,7 +148,7 @@ class VAEObjective(BaselineObjective):
         from models.baselines import ConvVAE
 
         m = self.model_args
-        return {"vae": ConvVAE(self.data_args.resolution, m.latent_dim, 3, m.base_channels)}
+        return {"vae": ConvVAE(self.data_args.resolution, self.latent_dim, 3, m.base_channels)}
 
     def vae_losses(self, vae, images, noise, prior=None):
         with self.accelerator.autocast():
@@ -180,13 +182,15 @@ class DCGANObjective(BaselineObjective):
     name = "dcgan"
     arguments = (BaselineArguments,)
     pipeline_classes = ("GANPipeline",)
+    evaluation_arguments = (GANEvaluationArguments,)
+    evaluation_settings = classmethod(gan_evaluation_settings)
     default_latent_dim = 100
 
     def build_networks(self):
         from models.baselines import ConvDecoder, ConvDiscriminator
 
         m, resolution = self.model_args, self.data_args.resolution
-        return {"generator": ConvDecoder(resolution, m.latent_dim, 3, m.base_channels),
+        return {"generator": ConvDecoder(resolution, self.latent_dim, 3, m.base_channels),
                 "discriminator": ConvDiscriminator(resolution, 3, m.base_channels)}
 
     supports_ema = True  # --use_ema: an EMA of the generator's weights is sampled and exported
@@ -243,6 +247,8 @@ class VAEGANObjective(VAEObjective):
     name = "vaegan"
     arguments = (BaselineArguments, VAEArguments, VAEGANArguments)
     pipeline_classes = ("GANPipeline",)
+    evaluation_arguments = (GANEvaluationArguments,)
+    evaluation_settings = classmethod(gan_evaluation_settings)
     pipeline_component = "decoder"
     default_latent_dim = 256
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from smallgen.arguments import flag
-from smallgen.errors import ConfigError
+from smallgen.errors import ConfigError, UserError
 from smallgen.objectives.base import MicroBatch, ModelCardText
 from smallgen.objectives.diffusion import DDPM_SCHEDULERS, DDPMArguments, DiffusionObjective, scheduler_config
 from smallgen.objectives.unet_base import UNetArguments
@@ -33,16 +33,20 @@ class ConditionalArguments:
     class_conditional: bool = flag(
         False, "Condition the UNet on --label_column (classifier-free guidance).", group="conditional")
     condition_dropout: float = flag(
-        0.1, "Probability of training a step's image without its label (Ho & Salimans).", group="conditional")
+        0.1, "Probability of training a step's image without its label (Ho & Salimans).", group="conditional",
+        at_least=0, below=1)
     guidance_scale: float = flag(
-        2.0, "Classifier-free guidance of the sample grids (1: the conditional model).", group="conditional")
+        2.0, "Classifier-free guidance of the sample grids (1: the conditional model).", group="conditional",
+        at_least=0)
 
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if not 0 <= arguments.condition_dropout < 1:
-            raise ConfigError(f"--condition_dropout must be in [0, 1); got {arguments.condition_dropout}")
-        if arguments.guidance_scale < 0:
-            raise ConfigError(f"--guidance_scale must be non-negative; got {arguments.guidance_scale}")
+
+@dataclass
+class GuidanceSweepArguments:
+    """evaluate_fid.py: the guidance scales a class-conditional pipeline is scored at."""
+
+    guidance_scale: list[float] = flag(
+        [1.0], "Class-conditional pipelines: classifier-free guidance; several values sweep (0 1 2 4).",
+        group="class-conditional pipelines", at_least=0)
 
 
 class ClassConditionalObjective(DiffusionObjective):
@@ -50,7 +54,18 @@ class ClassConditionalObjective(DiffusionObjective):
     arguments = (UNetArguments, DDPMArguments, ConditionalArguments)
     needs_labels = True
     pipeline_classes = ("ClassConditionalPipeline",)
+    evaluation_arguments = (GuidanceSweepArguments,)
     samplers = {name: Sampler(*scheduler) for name, scheduler in DDPM_SCHEDULERS.items()}  # our pipeline runs all
+
+    @classmethod
+    def evaluation_settings(cls, pipeline, args) -> list[dict]:
+        """One setting per guidance scale, the labels class-balanced: image i is of class i mod K."""
+        classes = len(pipeline.class_names)
+        if args.num_samples % classes:
+            raise UserError(f"--num_samples {args.num_samples} cannot be split evenly over the pipeline's "
+                            f"{classes} classes: use a multiple of {classes}")
+        return [{"class_labels": lambda indices: [i % classes for i in indices], "guidance_scale": scale}
+                for scale in dict.fromkeys(args.guidance_scale)]
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         if labels is None:

@@ -39,20 +39,16 @@ class ConsistencyArguments:
         None, "A finished EDM run (its output_dir, a pipeline folder or Hub id) whose exported UNet starts "
               "the training (ECT); unset: from scratch.", group="consistency")
     ct_p_mean: float = flag(P_MEAN, "Mean of ln(t), the larger noise level (ECT: -1.1).", group="consistency")
-    ct_p_std: float = flag(P_STD, "Standard deviation of ln(t) (ECT: 2.0).", group="consistency")
+    ct_p_std: float = flag(P_STD, "Standard deviation of ln(t) (ECT: 2.0).", group="consistency", above=0)
     ct_stages: int = flag(4, "Stages over the run; each divides the gap t - r by --ct_gap_decay.",
-                          group="consistency")
+                          group="consistency", at_least=1)
     ct_gap_decay: float = flag(GAP_DECAY, "ECT's q: stage s has r = t (1 - q^-(s+1) (1 + 8 sigmoid(-t))).",
-                               group="consistency")
+                               group="consistency", above=1)
     ct_huber_c: float | None = flag(None, "Pseudo-Huber c of the distance; unset: iCT's 0.00054 sqrt(pixels x "
-                                          "channels); 0: the L2 norm (ECT's).", group="consistency")
+                                          "channels); 0: the L2 norm (ECT's).", group="consistency", at_least=0)
 
     @staticmethod
     def check(arguments, objective) -> None:
-        huber_c = arguments.ct_huber_c or 0.0
-        if arguments.ct_p_std <= 0 or arguments.ct_stages < 1 or arguments.ct_gap_decay <= 1 or huber_c < 0:
-            raise ConfigError("--ct_p_std must be positive, --ct_stages at least 1, --ct_gap_decay above 1 and "
-                              "--ct_huber_c non-negative")
         if arguments.ddim_num_inference_steps != UNetArguments.ddim_num_inference_steps:
             raise ConfigError(f"--ddim_num_inference_steps does not apply to --model_type consistency: its grids "
                               f"are drawn in {', '.join(map(str, GRID_STEPS))} steps")

@@ -43,25 +43,24 @@ DDPM_SAMPLERS = {
 class DDPMArguments:
     """The noise process of a DDPM, its loss weighting and its grid samplers."""
 
-    ddpm_num_steps: int = flag(1000, "Training timesteps T.", group="ddpm")
+    ddpm_num_steps: int = flag(1000, "Training timesteps T.", group="ddpm", at_least=2)
     ddpm_beta_schedule: str = flag("linear", "Noise schedule (cosine = squaredcos_cap_v2).", group="ddpm",
                                    choices=BETA_SCHEDULES)
     beta_start: float = flag(1e-4, "First beta (linear/scaled_linear/sigmoid).", group="ddpm")
     beta_end: float = flag(0.02, "Last beta (linear/scaled_linear/sigmoid).", group="ddpm")
     prediction_type: str = flag("epsilon", "What the network predicts.", group="ddpm", choices=PREDICTION_TYPES)
     snr_gamma: float | None = flag(None, "Min-SNR loss weighting gamma (Hang et al. 2023); 5.0 is typical.",
-                                   group="ddpm")
+                                   group="ddpm", above=0)
     variance_type: str = flag("fixed_small", "DDPM sampling variance (fixed_large: the DDPM paper's CIFAR-10).",
                               group="sampling (grids)", choices=VARIANCE_TYPES)
     ddpm_num_inference_steps: int | None = flag(
         None, "DDPM steps of the sample grids (default: T with a GPU; on the CPU no DDPM grid, as T steps take "
               "minutes there).", group="sampling (grids)")
-    ddim_eta: float = flag(0.0, "DDIM eta for sample grids (0 = deterministic).", group="sampling (grids)")
+    ddim_eta: float = flag(0.0, "DDIM eta for sample grids (0 = deterministic).", group="sampling (grids)",
+                           at_least=0)
 
     @staticmethod
     def check(arguments, objective) -> None:
-        if arguments.ddpm_num_steps < 2:
-            raise ConfigError(f"--ddpm_num_steps must be at least 2; got {arguments.ddpm_num_steps}")
         for name in ("ddpm_num_inference_steps", "ddim_num_inference_steps"):
             steps = getattr(arguments, name)
             if steps is not None and not 1 <= steps <= arguments.ddpm_num_steps:
@@ -69,8 +68,6 @@ class DDPMArguments:
                                   f"got {steps}")
         if not 0 < arguments.beta_start < arguments.beta_end < 1:
             raise ConfigError(f"need 0 < --beta_start < --beta_end < 1; got {arguments.beta_start}, {arguments.beta_end}")
-        if arguments.snr_gamma is not None and arguments.snr_gamma <= 0:
-            raise ConfigError(f"--snr_gamma must be positive; got {arguments.snr_gamma}")
 
 
 def diffusers_beta_schedule(model_args) -> str:

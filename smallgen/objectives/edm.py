@@ -12,7 +12,6 @@ import torch
 
 from models.edm import P_MEAN, P_STD, SIGMA_DATA
 from smallgen.arguments import flag
-from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
 from smallgen.sampling import Sampler
@@ -27,12 +26,7 @@ class EDMArguments:
 
     edm_p_mean: float = flag(P_MEAN, "Mean of ln(sigma) at training (Karras et al.'s -1.2; lower: lower noise).",
                              group="edm")
-    edm_p_std: float = flag(P_STD, "Standard deviation of ln(sigma) at training.", group="edm")
-
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if arguments.edm_p_std <= 0:
-            raise ConfigError(f"--edm_p_std must be positive; got {arguments.edm_p_std}")
+    edm_p_std: float = flag(P_STD, "Standard deviation of ln(sigma) at training.", group="edm", above=0)
 
 
 class EDMObjective(UNetObjective):

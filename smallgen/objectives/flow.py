@@ -12,7 +12,6 @@ import torch
 
 from models.flow import TIMESTEP_DENSITIES, TIMESTEP_SCALE
 from smallgen.arguments import flag
-from smallgen.errors import ConfigError
 from smallgen.objectives.base import ModelCardText
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
 from smallgen.sampling import Sampler
@@ -27,13 +26,8 @@ class FlowArguments:
                    "normal) or mode.", group="flow", choices=TIMESTEP_DENSITIES)
     flow_logit_mean: float = flag(0.0, "logit_normal: mean of the normal (below 0: nearer the data).",
                                   group="flow")
-    flow_logit_std: float = flag(1.0, "logit_normal: standard deviation of the normal.", group="flow")
+    flow_logit_std: float = flag(1.0, "logit_normal: standard deviation of the normal.", group="flow", above=0)
     flow_mode_scale: float = flag(1.29, "mode: its scale.", group="flow")
-
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if arguments.flow_logit_std <= 0:
-            raise ConfigError(f"--flow_logit_std must be positive; got {arguments.flow_logit_std}")
 
 
 class FlowObjective(UNetObjective):

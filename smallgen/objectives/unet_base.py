@@ -27,12 +27,7 @@ class UNetArguments:
               "Unset: unet-sprites16 at <= 16 px, else unet-small-cifar10.", group="model")
     ddim_num_inference_steps: int = flag(
         50, "Steps of the sample grids' fast samplers (ddpm: DDIM; edm and flow: each of their samplers).",
-        group="sampling (grids)")
-
-    @staticmethod
-    def check(arguments, objective) -> None:
-        if arguments.ddim_num_inference_steps < 1:
-            raise ConfigError(f"--ddim_num_inference_steps must be at least 1; got {arguments.ddim_num_inference_steps}")
+        group="sampling (grids)", at_least=1)
 
 
 class UNetObjective(Objective):
@@ -127,7 +122,7 @@ class UNetObjective(Objective):
                     loss = self.loss(denoiser, batch.images, batch.generator).mean()
                 accelerator.backward(loss / len(micro_batches))
             total = loss.detach() if total is None else total + loss.detach()
-        if args.max_grad_norm is not None:
+        if args.max_grad_norm:  # 0 or unset: no clipping
             accelerator.clip_grad_norm_(self.trained_parameters(), args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
