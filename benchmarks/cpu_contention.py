@@ -33,7 +33,7 @@ def step_milliseconds(threads: str, output_dir: str) -> float:
     """The quick start's timed warm-up, in ms a step (its own measurement)."""
     command = [sys.executable, str(ROOT / "train_unconditional.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
                "--output_dir", output_dir, "--max_train_minutes", "0.25", "--num_sample_images", "1",
-               "--ddim_num_inference_steps", "1", "--max_validation_samples", "8", "--logger", "none"]
+               "--grid_num_inference_steps", "1", "--max_validation_samples", "8", "--logger", "none"]
     if threads != "default":
         command += ["--cpu_threads", threads]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)

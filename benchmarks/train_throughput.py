@@ -132,7 +132,7 @@ def our_real_loop(args, device) -> float:
                  "--train_batch_size", args.batch_size, "--max_train_steps", total_steps, "--logging_steps", 1,
                  "--use_ema", "--mixed_precision", args.mixed_precision, "--logger", "none",
                  "--checkpointing_steps", 10**9, "--num_sample_images", 1, "--ddpm_num_inference_steps", 1,
-                 "--ddim_num_inference_steps", 1, "--lr_warmup_steps", 500]
+                 "--grid_num_inference_steps", 1, "--lr_warmup_steps", 500]
         flags += [f"--{name}" for name in ("channels_last", "torch_compile", "allow_tf32") if getattr(args, name)]
         AcceleratorState._reset_state(reset_partial_state=True)
         train(*parse_args([str(f) for f in flags]))

@@ -144,7 +144,7 @@ def plot_forward_process(images: torch.Tensor, schedules: dict, path: str, num_c
 
 
 @torch.no_grad()
-def reverse_process(unet, scheduler, num_inference_steps: int, seed: int = 0, num_frames: int = 8,
+def reverse_process_frames(unet, scheduler, num_inference_steps: int, seed: int = 0, num_frames: int = 8,
                     num_images: int = 1, eta: float | None = None) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """[(t, x_t uint8, predicted x_0 uint8)] at ``num_frames`` evenly spaced steps, the last one final.
 
@@ -166,7 +166,7 @@ def reverse_process(unet, scheduler, num_inference_steps: int, seed: int = 0, nu
 
 
 def plot_reverse_process(strips: dict[str, list], path: str) -> dict:
-    """Rows x_t and predicted x_0 for each sampler ({label: reverse_process(...)}), first image only."""
+    """Rows x_t and predicted x_0 for each sampler ({label: reverse_process_frames(...)}), first image only."""
     plt = _pyplot()
     columns = max(len(frames) for frames in strips.values())
     fig, axes = plt.subplots(2 * len(strips), columns, figsize=(1.2 * columns, 2.6 * len(strips) + 0.6), dpi=100,

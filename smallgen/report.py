@@ -25,7 +25,7 @@ class ReportArguments:
     output_dir: str = flag("report", "Where REPORT.md and figures/ go.", group="output")
     dataset_name: str | None = flag(None, "Images for the forward-process strip (default: the first run's data).",
                                     group="strips")
-    num_forward_images: int = flag(2, "Images in the forward-process strip.", group="strips", at_least=1)
+    num_forward_images: int = flag(2, "Images in the forward-process strip (0: none).", group="strips", at_least=0)
     reverse_steps_ddpm: int | None = flag(None, "DDPM steps of the reverse strip (default: the run's T).",
                                           group="strips", at_least=1)
     reverse_steps_ddim: int = flag(50, "DDIM steps of the reverse strip.", group="strips", at_least=1)
@@ -255,7 +255,7 @@ def _conditional_section(run: RunInfo, figures: str, sections: list, figure, per
 def _reverse_strips(run: RunInfo, args: ReportArguments) -> dict:
     from diffusers import DDIMScheduler, DDPMPipeline
 
-    from smallgen.plots import reverse_process
+    from smallgen.plots import reverse_process_frames
 
     try:
         pipeline = DDPMPipeline.from_pretrained(run.path)
@@ -264,8 +264,8 @@ def _reverse_strips(run: RunInfo, args: ReportArguments) -> dict:
     T = pipeline.scheduler.config.num_train_timesteps
     ddpm_steps = min(args.reverse_steps_ddpm or T, T)
     ddim = DDIMScheduler.from_config(pipeline.scheduler.config)
-    return {f"DDPM {ddpm_steps} steps": reverse_process(pipeline.unet, pipeline.scheduler, ddpm_steps),
-            f"DDIM {args.reverse_steps_ddim} steps": reverse_process(pipeline.unet, ddim, args.reverse_steps_ddim,
+    return {f"DDPM {ddpm_steps} steps": reverse_process_frames(pipeline.unet, pipeline.scheduler, ddpm_steps),
+            f"DDIM {args.reverse_steps_ddim} steps": reverse_process_frames(pipeline.unet, ddim, args.reverse_steps_ddim,
                                                                       eta=0.0)}
 
 

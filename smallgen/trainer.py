@@ -13,6 +13,9 @@ What the loop guarantees, whatever the objective:
   ``--logging_steps``; the weights are checked before every checkpoint and before the export, so a
   NaN never reaches a saved file.
 * Validation splits its batches over processes and reduces, the same for every model type.
+* One plan: every choice that decides which collective calls a process makes is fixed before the
+  first step, the same on every process (``smallgen.plan``, ``smallgen.processes``); a process left
+  waiting in a collective gives up after ``--ddp_timeout`` seconds, naming the step.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ class Trainer:
         accelerator.print(f"model: {self.objective.name}, {self.objective.describe()}")
         if args.max_train_minutes:  # the lr schedules span the budget's steps (before a checkpoint restores them)
             self.max_train_steps = state.get("max_train_steps") or self.time_the_budget()
-            self.objective.make_lr_schedules(self.max_train_steps)
+            self.objective.make_schedules(self.max_train_steps)
             if state:
                 accelerator.print(f"time budget {args.max_train_minutes:g} min: {self.max_train_steps} optimizer "
                                   f"steps, as planned in {self.resume_path}")

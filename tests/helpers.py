@@ -40,7 +40,7 @@ def tiny_args(data_dir, config, output_dir, **overrides):
         "cpu_threads": CPU_THREADS,  # fixed: runs compared bit for bit must not take cores another job left
     }
     if config is not None and overrides.get("model_config_name_or_path", config) is not None:
-        args.update(model_config_name_or_path=config, ddim_num_inference_steps=3)
+        args.update(model_config_name_or_path=config, grid_num_inference_steps=3)
     if overrides.get("model_type", "ddpm") == "ddpm":
         args.update(ddpm_num_steps=100, ddpm_num_inference_steps=5)
     args.update(overrides)
@@ -137,7 +137,7 @@ exit $code
 """
 
 
-def launch_two_machines(argv, folder, timeout=600):
+def launch_two_machines(argv, folder, timeout=240):
     """``tools/multinode.sbatch`` as SLURM would run it on two nodes of one GPU each, here two launchers
     on 127.0.0.1 as machines 0 and 1 (one CPU process each, gloo). Returns the exit code and each
     node's (stdout, stderr)."""
@@ -156,10 +156,24 @@ def launch_two_machines(argv, folder, timeout=600):
            "PATH": f"{shims}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "NODE_LOGS": str(folder),
            "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_NNODES": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1", "GPUS_PER_NODE": "1",
            "MAIN_PORT": str(port)}
-    done = subprocess.run(["bash", str(ROOT / "tools" / "multinode.sbatch"), *one_thread_each(argv)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    import signal
+
+    import pytest
+
+    launcher = subprocess.Popen(["bash", str(ROOT / "tools" / "multinode.sbatch"), *one_thread_each(argv)], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the script, both launchers and their processes
+        launcher.communicate()
     nodes = [((folder / f"node{n}.out").read_text(), (folder / f"node{n}.err").read_text()) for n in (0, 1)]
-    return done.returncode, nodes
+    if launcher.returncode == -signal.SIGKILL:
+        last = [f"node {n}: " + " | ".join((out + err).replace("\r", "\n").strip().splitlines()[-4:])
+                for n, (out, err) in enumerate(nodes)]
+        pytest.fail(f"two machines still running after {timeout} s, killed:\n" + "\n".join(last))
+    return launcher.returncode, nodes
 
 
 def assert_same_checkpoint(a, b):

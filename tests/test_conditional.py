@@ -24,7 +24,7 @@ def conditional_args(data, config, out, **overrides):
     values = dict(dataset_name=data, resolution=8, class_conditional=True, condition_dropout=0.2, ddpm_num_steps=100,
                   ddpm_beta_schedule="cosine",  # T = 100 linear betas would stop at alpha_bar 0.37, far from noise
                   train_batch_size=16, learning_rate=2e-3, lr_warmup_steps=10, validation_fraction=0.125,
-                  num_sample_images=4, ddim_num_inference_steps=5, ddpm_num_inference_steps=5)
+                  num_sample_images=4, grid_num_inference_steps=5, ddpm_num_inference_steps=5)
     values.update(overrides)
     return tiny_args(None, config, out, **values)
 
@@ -245,7 +245,7 @@ def test_context_vectors_train_resume_and_export(tmp_path, tiny_unet_config):
     labels = multi_hot_sprites(tmp_path / "data")
     common = dict(class_conditional=True, label_column="context", condition_dropout=0.3, use_ema=True,
                   checkpointing_steps=2, train_batch_size=8, ddpm_num_steps=50, ddpm_beta_schedule="cosine",
-                  ddim_num_inference_steps=3, ddpm_num_inference_steps=3, num_sample_images=5, save_images_epochs=1)
+                  grid_num_inference_steps=3, ddpm_num_inference_steps=3, num_sample_images=5, save_images_epochs=1)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_training(tiny_args(tmp_path / "data", tiny_unet_config, straight, max_train_steps=4, **common))
     run_training(tiny_args(tmp_path / "data", tiny_unet_config, resumed, max_train_steps=2, **common))

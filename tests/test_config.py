@@ -36,8 +36,8 @@ def test_config_file_and_flag_errors(tmp_path, sprites_dir):
         parse_args(["--learnig_rate", "1"])
     with pytest.raises(ConfigError, match="does not exist"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
-    with pytest.raises(ConfigError, match="--ddim_num_inference_steps must be between 1 and --ddpm_num_steps=100"):
-        parse_args(["--ddpm_num_steps", "100", "--ddim_num_inference_steps", "200", "--ddpm_num_inference_steps", "100"])
+    with pytest.raises(ConfigError, match="--grid_num_inference_steps must be between 1 and --ddpm_num_steps=100"):
+        parse_args(["--ddpm_num_steps", "100", "--grid_num_inference_steps", "200", "--ddpm_num_inference_steps", "100"])
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):

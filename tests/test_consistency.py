@@ -228,12 +228,12 @@ def test_consistency_flags_are_checked_and_only_consistency_takes_them(sprites_d
     argv = consistency_args(sprites_dir, tmp_path / "x", ct_p_mean=-0.8, ct_gap_decay=2.0, ct_huber_c=0.01)
     loss = build_objective(*parse_args([str(a) for a in argv])).loss
     assert (loss.p_mean, loss.p_std, loss.gap_decay, loss.huber_c) == (-0.8, 2.0, 2.0, 0.01)
-    with pytest.raises(ConfigError, match="--ct_stages at least 1"):
+    with pytest.raises(ConfigError, match="--ct_stages must be at least 1; got 0"):
         ModelArguments(model_type="consistency", ct_stages=0)
     with pytest.raises(ConfigError, match="--init_from applies to --model_type consistency, not edm"):
         ModelArguments(model_type="edm", init_from="runs/quickstart")
     with pytest.raises(ConfigError, match="grids are drawn in 1, 2, 4 steps"):
-        ModelArguments(model_type="consistency", ddim_num_inference_steps=10)
+        ModelArguments(model_type="consistency", grid_num_inference_steps=10)
 
 
 def test_evaluate_fid_scores_the_consistency_pipeline_at_1_2_and_4_steps(tiny_unet, tmp_path, inception):

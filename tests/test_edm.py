@@ -144,7 +144,7 @@ def test_edm_trains_resumes_exactly_and_exports(sprites_dir, tiny_unet_config, t
     from smallgen.seeding import image_generators
 
     common = dict(model_type="edm", max_train_steps=6, checkpointing_steps=3, use_ema=True, random_flip=True,
-                  ddim_num_inference_steps=3)
+                  grid_num_inference_steps=3)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     results = run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
     assert np.isfinite(results["train_loss"]) and np.isfinite(results["val_loss"])

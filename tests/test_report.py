@@ -14,7 +14,7 @@ from smallgen.plots import (
     plot_loss_curves,
     plot_progression,
     plot_reverse_process,
-    reverse_process,
+    reverse_process_frames,
 )
 from tests.conftest import ROOT
 from tests.helpers import run_training, tiny_args
@@ -59,7 +59,7 @@ def test_reverse_strip_ends_at_the_sampler_output(tmp_path):
     config.update(sample_size=16, block_out_channels=[16, 32], norm_num_groups=8)
     unet = UNet2DModel(**config).eval()
     sampler = DDIMScheduler(num_train_timesteps=100)
-    frames = reverse_process(unet, sampler, 10, seed=3, num_frames=4, eta=0.0)
+    frames = reverse_process_frames(unet, sampler, 10, seed=3, num_frames=4, eta=0.0)
     assert [t for t, _, _ in frames] == [90, 60, 30, 0, -1]  # evenly spaced steps, then the final image
     pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
     assert torch.equal(frames[-1][1], draw_images(pipeline, 1, seed=3, num_inference_steps=10, eta=0.0))

@@ -133,13 +133,13 @@ def test_the_reverse_strips_end_where_the_pipeline_does(tiny_unet):
     from diffusers import DDIMScheduler
 
     from smallgen.objectives.diffusion import DDPM_SAMPLERS
-    from smallgen.plots import reverse_process
+    from smallgen.plots import reverse_process_frames
     from smallgen.sampling import draw_images, with_sampler
 
     pipeline = ddpm_pipeline(tiny_unet)
     for sampler, scheduler, eta in [("ddpm", pipeline.scheduler, None),
                                     ("ddim", DDIMScheduler.from_config(pipeline.scheduler.config), 0.0)]:
-        frames = reverse_process(tiny_unet, scheduler, 5, seed=3, num_frames=3, eta=eta)
+        frames = reverse_process_frames(tiny_unet, scheduler, 5, seed=3, num_frames=3, eta=eta)
         drawn = draw_images(with_sampler(pipeline, DDPM_SAMPLERS[sampler]), 1, seed=3, num_inference_steps=5,
                             **({} if eta is None else {"eta": eta}))
         assert torch.equal(frames[-1][1], drawn), sampler
@@ -162,7 +162,7 @@ def test_grids_are_what_the_exported_pipeline_draws(tiny_unet_config):
                                  gradient_accumulation_steps=1, use_ema=False, eval_batch_size=3,
                                  channels_last=False, torch_compile=False)
     model_args = ModelArguments(model_type="edm", model_config_name_or_path=str(tiny_unet_config),
-                                ddim_num_inference_steps=3)
+                                grid_num_inference_steps=3)
     objective = objective_class("edm")(SimpleNamespace(resolution=8), model_args, train_args)
     objective.setup(Accelerator(cpu=True), max_train_steps=1)
     grids = objective.sample_grids(4, seed=7)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
-    recipe = TINY_RECIPE.format(unet=tiny_unet_config).replace("ddim_num_inference_steps: 2\n", "")
+    recipe = TINY_RECIPE.format(unet=tiny_unet_config).replace("grid_num_inference_steps: 2\n", "")
     edm = tmp_path / "tiny-edm.yaml"
     edm.write_text(recipe.replace("ddpm_num_steps: 50", "model_type: edm"))
     consistency = tmp_path / "tiny-cm.yaml"

@@ -44,15 +44,15 @@ def layouts(monkeypatch):
     are made, after the optimizers took the parameters)."""
     from smallgen.objectives.base import Objective
 
-    seen, make_lr_schedules = [], Objective.make_lr_schedules
+    seen, make_schedules = [], Objective.make_schedules
 
     def spy(self, max_train_steps):
         seen.append({name: all(p.is_contiguous(memory_format=torch.channels_last)
                                for p in network.parameters() if p.dim() == 4)
                      for name, network in self.networks.items()})
-        return make_lr_schedules(self, max_train_steps)
+        return make_schedules(self, max_train_steps)
 
-    monkeypatch.setattr(Objective, "make_lr_schedules", spy)
+    monkeypatch.setattr(Objective, "make_schedules", spy)
     return seen
 
 

@@ -21,7 +21,7 @@ learning_rate: 1.0e-3
 lr_warmup_steps: 2
 logger: none
 num_sample_images: 4
-ddim_num_inference_steps: 2
+grid_num_inference_steps: 2
 max_train_steps: 4
 """
 

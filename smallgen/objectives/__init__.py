@@ -53,13 +53,18 @@ def objective_classes() -> dict:
     return {key: _load(key) for key in OBJECTIVES}
 
 
-@cache
-def argument_parts() -> tuple[type, ...]:
-    """Every model type's argument classes, each once, in registry order."""
+def _declared(attribute: str) -> tuple[type, ...]:
+    """The argument classes every model type lists in ``attribute``, each once, in registry order."""
     parts: list[type] = []
     for cls in objective_classes().values():
-        parts += [part for part in cls.arguments if part not in parts]
+        parts += [part for part in getattr(cls, attribute) if part not in parts]
     return tuple(parts)
+
+
+@cache
+def argument_parts() -> tuple[type, ...]:
+    """Every model type's train_unconditional.py argument classes."""
+    return _declared("arguments")
 
 
 def _flag_for(key: str) -> str:
@@ -88,11 +93,8 @@ def check_model_arguments(arguments) -> None:
 
 @cache
 def evaluation_parts() -> tuple[type, ...]:
-    """Every model type's evaluate_fid.py argument classes, each once, in registry order."""
-    parts: list[type] = []
-    for cls in objective_classes().values():
-        parts += [part for part in cls.evaluation_arguments if part not in parts]
-    return tuple(parts)
+    """Every model type's evaluate_fid.py argument classes."""
+    return _declared("evaluation_arguments")
 
 
 def check_evaluation_arguments(objective, pipeline_class: str, arguments) -> None:

@@ -90,7 +90,7 @@ class Objective:
         prepared = accelerator.prepare(*self.networks.values(), *self.optimizers.values())
         self.networks = dict(zip(names, prepared[:len(names)]))
         self.optimizers = dict(zip(optimizer_names, prepared[len(names):]))
-        self.make_lr_schedules(max_train_steps)
+        self.make_schedules(max_train_steps)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One Adam per network, named like it."""
@@ -100,8 +100,9 @@ class Objective:
                                        weight_decay=args.adam_weight_decay)
                 for name, network in self.networks.items()}
 
-    def make_lr_schedules(self, max_train_steps: int) -> None:
-        """One lr schedule per optimizer over ``max_train_steps`` (rebuilt once a time budget fixes that)."""
+    def make_schedules(self, max_train_steps: int) -> None:
+        """Everything scheduled over the run's steps: one lr schedule per optimizer (and a model type's own,
+        e.g. consistency stages); made again once a time budget fixes ``max_train_steps``."""
         from diffusers.optimization import get_scheduler
 
         args = self.train_args

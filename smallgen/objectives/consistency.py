@@ -49,8 +49,8 @@ class ConsistencyArguments:
 
     @staticmethod
     def check(arguments, objective) -> None:
-        if arguments.ddim_num_inference_steps != UNetArguments.ddim_num_inference_steps:
-            raise ConfigError(f"--ddim_num_inference_steps does not apply to --model_type consistency: its grids "
+        if arguments.grid_num_inference_steps != UNetArguments.grid_num_inference_steps:
+            raise ConfigError(f"--grid_num_inference_steps does not apply to --model_type consistency: its grids "
                               f"are drawn in {', '.join(map(str, GRID_STEPS))} steps")
         if arguments.init_from and arguments.model_config_name_or_path:
             raise ConfigError("pass --init_from or --model_config_name_or_path, not both: the network of "
@@ -94,9 +94,9 @@ class ConsistencyObjective(UNetObjective):
                                        huber_c=m.ct_huber_c, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN,
                                        sigma_max=SIGMA_MAX)
 
-    def make_lr_schedules(self, max_train_steps: int) -> None:
+    def make_schedules(self, max_train_steps: int) -> None:
         """The lr schedules and the stages, both over the run's steps (fixed again by a time budget)."""
-        super().make_lr_schedules(max_train_steps)
+        super().make_schedules(max_train_steps)
         self.stage_steps = max(1, -(-max_train_steps // self.model_args.ct_stages))
 
     def checkpoint_objects(self) -> dict:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
-
 from models.schedulers import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
 from smallgen.arguments import flag
 from smallgen.errors import ConfigError
@@ -61,7 +59,7 @@ class DDPMArguments:
 
     @staticmethod
     def check(arguments, objective) -> None:
-        for name in ("ddpm_num_inference_steps", "ddim_num_inference_steps"):
+        for name in ("ddpm_num_inference_steps", "grid_num_inference_steps"):
             steps = getattr(arguments, name)
             if steps is not None and not 1 <= steps <= arguments.ddpm_num_steps:
                 raise ConfigError(f"--{name} must be between 1 and --ddpm_num_steps={arguments.ddpm_num_steps}; "
@@ -105,24 +103,20 @@ class DiffusionObjective(UNetObjective):
 
     def denoiser(self, network, labels=None):
         """The network as the loss sees it: (x_t, t) -> prediction."""
-        channels_last = self.train_args.channels_last
-
         def predict(noisy, timesteps):
-            if channels_last:
-                noisy = noisy.contiguous(memory_format=torch.channels_last)
-            return network(noisy, timesteps).sample
+            return network(self.memory_format(noisy), timesteps).sample
 
         return predict
 
     def grid_samplers(self) -> dict:
         """DDPM (--ddpm_num_inference_steps; unset, T steps with a GPU and none on the CPU) and DDIM
-        (--ddim_num_inference_steps, --ddim_eta)."""
+        (--grid_num_inference_steps, --ddim_eta)."""
         m = self.model_args
         ddpm_steps = m.ddpm_num_inference_steps
         if ddpm_steps is None and self.accelerator.device.type != "cpu":
             ddpm_steps = m.ddpm_num_steps
         grids = {} if ddpm_steps is None else {"ddpm": ("ddpm", ddpm_steps, {})}
-        return {**grids, "ddim": ("ddim", m.ddim_num_inference_steps, {"eta": m.ddim_eta})}
+        return {**grids, "ddim": ("ddim", m.grid_num_inference_steps, {"eta": m.ddim_eta})}
 
     def make_pipeline(self, device="cpu"):
         from diffusers import DDPMPipeline, DDPMScheduler

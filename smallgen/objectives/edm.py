@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from models.edm import P_MEAN, P_STD, SIGMA_DATA
 from smallgen.arguments import flag
 from smallgen.objectives.base import ModelCardText
@@ -56,18 +54,14 @@ class EDMObjective(UNetObjective):
 
     def denoiser(self, network, labels=None):
         """The network as the loss sees it: (x, sigma) -> D(x; sigma)."""
-        channels_last = self.train_args.channels_last
-
         def raw(scaled, c_noise):
-            if channels_last:
-                scaled = scaled.contiguous(memory_format=torch.channels_last)
-            return network(scaled.to(next(network.parameters()).dtype), c_noise).sample
+            return network(self.memory_format(scaled).to(next(network.parameters()).dtype), c_noise).sample
 
         return lambda noisy, sigma: self.preconditioning.denoise(raw, noisy, sigma)
 
     def grid_samplers(self) -> dict:
-        """diffusers' EDM Euler and DPM-Solver++ (2M), --ddim_num_inference_steps each."""
-        steps = self.model_args.ddim_num_inference_steps
+        """diffusers' EDM Euler and DPM-Solver++ (2M), --grid_num_inference_steps each."""
+        steps = self.model_args.grid_num_inference_steps
         return {"edm_euler": ("edm-euler", steps, {}), "edm_dpmsolver": ("edm-dpmsolver", steps, {})}
 
     def make_pipeline(self, device="cpu"):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from models.flow import TIMESTEP_DENSITIES, TIMESTEP_SCALE
 from smallgen.arguments import flag
 from smallgen.objectives.base import ModelCardText
@@ -45,18 +43,14 @@ class FlowObjective(UNetObjective):
 
     def denoiser(self, network, labels=None):
         """The network as the loss sees it: (x_t, t) -> velocity, the UNet given timestep 1000 t."""
-        channels_last = self.train_args.channels_last
-
         def velocity(noisy, t):
-            if channels_last:
-                noisy = noisy.contiguous(memory_format=torch.channels_last)
-            return network(noisy, t * TIMESTEP_SCALE).sample
+            return network(self.memory_format(noisy), t * TIMESTEP_SCALE).sample
 
         return velocity
 
     def grid_samplers(self) -> dict:
-        """diffusers' flow-matching Euler and Heun, --ddim_num_inference_steps each."""
-        steps = self.model_args.ddim_num_inference_steps
+        """diffusers' flow-matching Euler and Heun, --grid_num_inference_steps each."""
+        steps = self.model_args.grid_num_inference_steps
         return {"flow_euler": ("flow-euler", steps, {}), "flow_heun": ("flow-heun", steps, {})}
 
     def make_pipeline(self, device="cpu"):

@@ -25,7 +25,7 @@ class UNetArguments:
     model_config_name_or_path: str | None = flag(
         None, "UNet config: a JSON file, a name in configs/models/, or a pipeline folder. "
               "Unset: unet-sprites16 at <= 16 px, else unet-small-cifar10.", group="model")
-    ddim_num_inference_steps: int = flag(
+    grid_num_inference_steps: int = flag(
         50, "Steps of the sample grids' fast samplers (ddpm: DDIM; edm and flow: each of their samplers).",
         group="sampling (grids)", at_least=1)
 
@@ -59,6 +59,10 @@ class UNetObjective(Objective):
         if self.train_args.channels_last:
             unet = unet.to(memory_format=torch.channels_last)
         return {"unet": unet}
+
+    def memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input in --channels_last layout when asked (the UNet's weights are already)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.train_args.channels_last else images
 
     def make_unet(self, **condition):
         from models.unet import create_unet
