@@ -51,6 +51,7 @@ class GANPipeline(PortablePipeline):
         latent only), "train" the batch's own statistics (images depend on the whole batch)."""
         if batchnorm not in ("eval", "train"):
             raise ValueError(f"batchnorm must be 'eval' or 'train'; got {batchnorm!r}")
+        self.check_inputs(batch_size, generator)
         latents = randn_tensor((batch_size, self.decoder.config.latent_dim), generator=generator,
                                device=self._execution_device, dtype=self.decoder.dtype)
         with _batch_statistics(self.decoder) if batchnorm == "train" else contextlib.nullcontext():
@@ -73,6 +74,7 @@ class VAEPipeline(PortablePipeline):
                  output_type: str = "pil", return_dict: bool = True):
         """``batch_size`` images (one per generator of a list); ``output_type`` "pil", "np" (floats in
         [0, 1]) or "pt"."""
+        self.check_inputs(batch_size, generator)
         latents = randn_tensor((batch_size, self.vae.config.latent_dim), generator=generator,
                                device=self._execution_device, dtype=self.vae.dtype)
         return self.output(self.vae.decode(latents), output_type, return_dict)

@@ -65,6 +65,15 @@ def guided_prediction(unet, sample: torch.Tensor, timestep, condition: torch.Ten
     return unconditional_prediction + guidance_scale * (conditional - unconditional_prediction)
 
 
+def _flattened(labels) -> list:
+    """One label, a list of labels, or lists of them (``[[1], [1]]``, as diffusers' batch tests build) -> a list."""
+    if isinstance(labels, (torch.Tensor, np.ndarray)):
+        labels = labels.tolist()
+    if not isinstance(labels, (list, tuple)):
+        return [labels]
+    return [one for label in labels for one in _flattened(label)]
+
+
 class ClassConditionalPipeline(PortablePipeline):
     """``pipe(class_labels=[3, 3, 5], guidance_scale=2.0, num_inference_steps=50, generator=...)``.
 
@@ -99,10 +108,11 @@ class ClassConditionalPipeline(PortablePipeline):
         return rows
 
     def label_indices(self, class_labels) -> torch.Tensor:
-        """Names or indices -> a LongTensor; ValueError names a bad one."""
+        """Names or indices -> a LongTensor; ValueError names a bad one. As DiTPipeline takes them: one label
+        (an int or a name) or a list, nested lists flattened."""
         names = self.class_names
         indices = []
-        for label in class_labels:
+        for label in _flattened(class_labels):
             if isinstance(label, str):
                 if label not in names:
                     raise ValueError(f"unknown class {label!r}; the classes are {', '.join(names)}")
@@ -111,6 +121,8 @@ class ClassConditionalPipeline(PortablePipeline):
                 indices.append(int(label))
             else:
                 raise ValueError(f"class label {label!r} is not a class index 0 ... {len(names) - 1} or a name")
+        if not indices:
+            raise ValueError("class_labels holds no label: pass at least one, or None for unconditional images")
         return torch.tensor(indices, dtype=torch.long)
 
     @torch.no_grad()
@@ -123,6 +135,7 @@ class ClassConditionalPipeline(PortablePipeline):
         device = self._execution_device
         labels = self.label_inputs(class_labels, context, device)
         batch = batch_size if labels is None else len(labels)
+        self.check_inputs(batch, generator, num_inference_steps, guidance_scale)
         condition = None if labels is None else self.label_embedding(labels)
         unconditional = self.label_embedding(self.label_embedding.no_label(batch, device))
         sample = randn_tensor(self.image_shape(batch, self.unet.config), generator=generator, device=device,

@@ -39,6 +39,7 @@ class ConsistencyPipeline(PortablePipeline):
                  return_dict: bool = True):
         """``batch_size`` images (one per generator of a list); ``output_type`` "pil", "np" (floats in
         [0, 1]) or "pt". Sampling runs in float32 whatever the UNet's dtype."""
+        self.check_inputs(batch_size, generator, num_inference_steps if timesteps is None else None)
         device = self._execution_device
         sample = randn_tensor(self.image_shape(batch_size, self.unet.config), generator=generator, device=device,
                               dtype=torch.float32)

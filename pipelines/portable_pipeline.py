@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import os
 import shutil
 
@@ -98,6 +99,21 @@ class PortablePipeline(DiffusionPipeline):
                 for name, bases in super()._get_signature_types().items()}
 
     # ------------------------------------------------------------------ what every __call__ shares
+
+    def check_inputs(self, batch_size: int, generator, num_inference_steps: int | None = None,
+                     guidance_scale: float | None = None) -> None:
+        """ValueError naming the argument and what it may be (diffusers' own pipelines fail deep inside)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number of images, at least 1; got {batch_size!r}")
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
+                                                or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a whole number, at least 1; got {num_inference_steps!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"generator is a list of {len(generator)} generators for {batch_size} images: pass one "
+                             "per image, or a single generator")
+        if guidance_scale is not None and not (isinstance(guidance_scale, (int, float))
+                                               and math.isfinite(guidance_scale)):
+            raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
 
     def image_shape(self, batch_size: int, config) -> tuple[int, ...]:
         """(batch, channels, height, width) of a network config with ``sample_size`` int or (h, w)."""

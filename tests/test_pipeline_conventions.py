@@ -171,6 +171,55 @@ def test_unknown_keywords_raise_type_error(name):
         pipeline(**inputs(name, 1), guidance=2.0)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_out_of_range_inputs_raise_a_value_error_naming_the_argument(name):
+    """batch_size < 1, num_inference_steps < 1, a generator list whose length is not the batch's, a non-finite
+    guidance scale: one ValueError naming the argument. DDPMPipeline, diffusers' own, checks none of them and
+    fails deep inside (a RuntimeError from a reshape or a negative size, a ZeroDivisionError for 0 steps) or uses
+    the first generators of a longer list: the test says what it does."""
+    pipeline, case = build(name), CASES[name]
+    steps = {"num_inference_steps": STEPS} if case.diffusion else {}
+    bad = [({"batch_size": 0, **steps}, "batch_size"), ({"batch_size": -1, **steps}, "batch_size"),
+           ({**inputs(name, 2), "generator": generators(3)}, "generator")]
+    if case.diffusion:
+        bad.append(({**inputs(name, 1), "num_inference_steps": 0}, "num_inference_steps"))
+    if case.pipeline == "ClassConditionalPipeline":
+        bad += [({**inputs(name, 1), "guidance_scale": scale}, "guidance_scale") for scale in (float("nan"), float("inf"))]
+    for keywords, argument in bad:
+        if case.reference:
+            if argument == "generator":  # it draws anyway, 2 images from 3 generators
+                assert len(pipeline(**keywords, output_type="np").images) == 2
+            else:
+                with pytest.raises({"batch_size": RuntimeError, "num_inference_steps": ZeroDivisionError}[argument]):
+                    pipeline(**keywords, output_type="np")
+            continue
+        with pytest.raises(ValueError, match=f"^{argument} "):
+            pipeline(**keywords, output_type="np")
+
+
+def test_labels_are_taken_the_ways_dits_pipeline_takes_them():
+    """One int, one name, a list of either, nested lists flattened ([[1], [1]], as diffusers' batch tests build)."""
+    pipeline = build("ClassConditionalPipeline-classes")
+    name = pipeline.class_names[1]
+
+    def draw(labels, count):
+        return pipeline(class_labels=labels, num_inference_steps=STEPS, generator=generators(count),
+                        output_type="np").images
+
+    both = draw([1, 1], 2)
+    for labels in ([[1], [1]], [name, name], [[name], [1]], np.array([1, 1]), torch.tensor([[1], [1]])):
+        assert np.array_equal(draw(labels, 2), both), labels
+    for label in (1, name, np.int64(1)):  # alone, image 0 rounds differently from the batch's (see above)
+        np.testing.assert_allclose(draw(label, 1), both[:1], atol=1e-4)
+    assert not np.allclose(draw(0, 1), both[:1], atol=1e-2)
+    with pytest.raises(ValueError, match="unknown class 'dogg'"):
+        draw("dogg", 1)
+    with pytest.raises(ValueError, match="class label 7 is not a class index"):
+        draw([[1], [7]], 2)
+    with pytest.raises(ValueError, match="^class_labels holds no label"):
+        pipeline(class_labels=[], num_inference_steps=STEPS)
+
+
 @pytest.mark.parametrize("name", DIFFUSION)  # the VAE and GAN networks are square by design (models/baselines.py)
 def test_non_square_sample_sizes(name):
     pipeline = build(name, sample_size=(8, 16))
