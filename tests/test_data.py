@@ -284,7 +284,7 @@ def test_bad_sprites_files(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(DataError, match="--validation_fraction"):
+    with pytest.raises(ConfigError, match="--validation_fraction must be at least 0.0 and below 1.0; got 1.5"):
         DataArguments(validation_fraction=1.5)
     with pytest.raises(ConfigError, match="--interpolation must be one of"):
         DataArguments(interpolation="cubic-ish")
