@@ -82,6 +82,7 @@ class Trainer:
         self.sums, self.count = {}, 0  # device sums of the logged values since the last log line
         self.interval_start, self.images_in_interval = 0.0, 0  # for the logged img/s
         self.grid_seconds, self.validation_seconds = 0.0, None  # a round of grids and a validation, timed
+        self.timed_off_clock = False  # False: the off-clock schedule came from a checkpoint's plan
 
     # ------------------------------------------------------------------ the loop
 
@@ -198,6 +199,7 @@ class Trainer:
                 timed[images] = self.objective.grid_seconds(images) if accelerator.is_main_process else 0.0
             return timed[images]
 
+        self.timed_off_clock = stored is None
         if stored is None:
             off = budget.plan_off_clock(epochs, args.max_train_minutes, round_seconds, self.validation_seconds or 0.0,
                                         args.num_sample_images, args.save_images_epochs)
@@ -209,18 +211,20 @@ class Trainer:
         return shared_plan(accelerator, plan)
 
     def off_clock_summary(self) -> str:
-        """What the run will spend outside its training steps, said before training starts."""
+        """What the run will spend outside its training steps, said before training starts (a resumed run
+        follows its stored plan untimed: rounds only)."""
         plan, first_epoch = self.plan, self.global_step // self.plan.steps_per_epoch
-        grid_rounds = plan.rounds(first_epoch, plan.grid_every)
+        grid_rounds, validations = plan.rounds(first_epoch, plan.grid_every), plan.rounds(first_epoch, plan.validate_every)
+        if not self.timed_off_clock:
+            return (f"off the clock (as planned before the run; from here): sample grids of {plan.grid_images} images "
+                    f"x {grid_rounds}; validation x {validations}")
         grids = f"sample grids of {plan.grid_images} images {self.grid_seconds:.1f} s a round x {grid_rounds}"
         validation, total = "no validation", self.grid_seconds * grid_rounds
         if self.validation_seconds is not None:
-            validations = plan.rounds(first_epoch, plan.validate_every)
             validation = f"validation {self.validation_seconds:.1f} s x {validations}"
             total += self.validation_seconds * validations
         about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
-        timed = "timed before training" if self.resume_path is None else "as planned before; rounds from here"
-        return (f"off the clock ({timed}): {grids}; {validation}; about {about}, besides checkpoints and the export")
+        return f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints and the export"
 
     def finished_already(self) -> dict:
         """Resuming at or past the last step: no step, and an existing export is left as it is."""

@@ -49,11 +49,13 @@ def test_a_time_budget_equals_its_step_count_given_directly(sprites_dir, tiny_un
     assert lrs[0] == lrs[1]  # the schedule spans the same steps
 
 
-def test_a_resumed_budget_keeps_its_planned_steps(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+def test_a_resumed_budget_keeps_its_planned_steps(sprites_dir, tiny_unet_config, tmp_path, monkeypatch, capsys):
+    """... and its whole plan: the stored schedules, not timed again, printed as the straight run's."""
     common = dict(checkpointing_steps=2, use_ema=True, max_train_minutes=0.3, max_train_steps=6)
     straight = tmp_path / "straight"
     results = run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
     steps = results["global_step"]
+    planned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan (")]
     assert steps >= 3
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -63,6 +65,9 @@ def test_a_resumed_budget_keeps_its_planned_steps(sprites_dir, tiny_unet_config,
                                    **common))
     assert again["global_step"] == steps
     _same_files(straight / f"checkpoint-{steps - steps % 2}", resumed / f"checkpoint-{steps - steps % 2}")
+    output = capsys.readouterr().out
+    assert [line for line in output.splitlines() if line.startswith("plan (")] == planned and len(planned) == 1
+    assert "off the clock (as planned before the run; from here)" in output
 
 
 def test_seconds_per_step_skips_the_slow_first_steps():
