@@ -276,3 +276,25 @@ def test_context_vectors_train_resume_and_export(tmp_path, tiny_unet_config):
     with pytest.raises(ValueError, match="context must be rows of 5 values"):
         pipe(context=[[1, 0]])
     assert sorted(p.name for p in (straight / "samples").iterdir())[-1].endswith("_ddpm.png")
+
+
+def test_the_guidance_sweep_reaches_the_pipeline(trained, tmp_path):
+    """evaluate_fid's --guidance_scale values each reach the call: the samples at 4 are the pipeline's own at 4 with
+    class-balanced labels and the per-image generators, and differ from those at 0 (#34)."""
+    from pipelines import ClassConditionalPipeline
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.objectives.conditional import ClassConditionalObjective
+    from smallgen.sample_sources import generate
+    from smallgen.sampling import from_pipeline_output
+    from smallgen.seeding import image_generators
+
+    pipe = ClassConditionalPipeline.from_pretrained(trained)
+    pipe.set_progress_bar_config(disable=True)
+    args = EvaluationArguments(samples_dir=str(tmp_path), train_data_dir=str(tmp_path), num_samples=4, batch_size=4,
+                               scheduler="ddpm", seed=2, guidance_scale=[0.0, 4.0])
+    settings = ClassConditionalObjective.evaluation_settings(pipe, args)
+    assert [s["guidance_scale"] for s in settings] == [0.0, 4.0]
+    unguided, guided = (generate(pipe, args, 5, torch.device("cpu"), s) for s in settings)
+    direct = pipe(class_labels=[0, 1, 0, 1], guidance_scale=4.0, num_inference_steps=5,
+                  generator=image_generators(2, range(4), "cpu"), output_type="np").images
+    assert torch.equal(guided, from_pipeline_output(direct)) and not torch.equal(guided, unguided)

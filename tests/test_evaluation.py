@@ -357,3 +357,27 @@ def test_a_model_types_own_evaluate_flag_is_refused_for_other_pipelines(tiny_pip
         args = parse_args(_eval_argv(tiny_pipeline, tmp_path, inception, "--num_inference_steps", "2", flag, value))
         with pytest.raises(UserError, match=f"^{flag} applies to {takers}, not DDPMPipeline$"):
             evaluate(args)
+
+
+def test_evaluate_fids_seed_and_eta_reach_the_samples(tiny_pipeline, tmp_path):
+    """--seed draws other images (and the same ones twice); --eta reaches DDIM: the samples equal diffusers'
+    DDIMPipeline called with that eta and the per-image generators, and eta 1 differs from eta 0 (#34)."""
+    from diffusers import DDIMPipeline
+
+    from smallgen.sample_sources import load_pipeline, sampling_pipeline
+    from smallgen.sampling import to_uint8
+    from smallgen.seeding import image_generators
+
+    def draw(seed, eta):
+        args = EvaluationArguments(pipeline=tiny_pipeline, dataset_name="unused", scheduler="ddim", num_samples=3,
+                                   batch_size=3, seed=seed, eta=eta)
+        return generate(sampling_pipeline(load_pipeline(tiny_pipeline), args), args, 4, torch.device("cpu"))
+
+    assert torch.equal(draw(5, 0.0), draw(5, 0.0)) and not torch.equal(draw(5, 0.0), draw(6, 0.0))
+    noisy = draw(5, 1.0)
+    assert not torch.equal(noisy, draw(5, 0.0))
+    ddim = DDIMPipeline.from_pretrained(tiny_pipeline)
+    ddim.set_progress_bar_config(disable=True)
+    theirs = ddim(batch_size=3, generator=image_generators(5, range(3), "cpu"), num_inference_steps=4, eta=1.0,
+                  output_type="np").images
+    assert torch.equal(noisy, to_uint8(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1))
