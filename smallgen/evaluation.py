@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -38,7 +38,7 @@ from smallgen.scores import compute_metrics
 
 SAMPLER_CHOICES = sampler_names()  # each model type offers its own (smallgen/objectives/)
 GROUPS = ["what to score", "reference", "sampling", *dict.fromkeys(
-    f.metadata["group"] for part in evaluation_parts() for f in part.__dataclass_fields__.values()), "metrics", "output"]
+    f.metadata["group"] for part in evaluation_parts() for f in fields(part)), "metrics", "output"]
 
 
 @dataclass

@@ -180,15 +180,27 @@ class Trainer:
 
     def make_plan(self, stored: dict | None) -> RunPlan:
         """The run's plan, the main process's broadcast to all. The epochs between validations and grids come
-        from a checkpoint's plan when resuming, else from timing a validation pass (the slowest process's) and
-        a round of grids (the main process's: it alone draws them) against the budget (budget.plan_off_clock)."""
-        from smallgen import budget
+        from a checkpoint's plan when resuming, else from timing them (time_off_clock)."""
+        from smallgen.budget import OffClockPlan
 
-        args, accelerator = self.args, self.accelerator
+        args = self.args
         steps_per_epoch, steps, epochs = step_counts(len(self.feeder), self.accumulation, args.max_train_steps,
                                                      args.num_epochs, self.max_train_steps)
         validates = self.validation_images is not None and bool(self.objective.validation_names)
-        if validates and stored is None:
+        self.timed_off_clock = stored is None
+        off = (OffClockPlan(stored["grid_images"], stored["grid_every"], stored["validate_every"]) if stored
+               else self.time_off_clock(epochs, validates))
+        plan = RunPlan(steps_per_epoch, steps, epochs, args.logging_steps, args.checkpointing_steps or 0,
+                       off.validate_every if validates else 0, off.grid_every, off.grid_images)
+        return shared_plan(self.accelerator, plan)
+
+    def time_off_clock(self, epochs: int, validates: bool):
+        """Time a validation pass (the slowest process's) and a round of grids (the main process's: it alone
+        draws them), and fit them to the budget's shares (budget.plan_off_clock)."""
+        from smallgen import budget
+
+        args, accelerator = self.args, self.accelerator
+        if validates:
             start = time.perf_counter()
             self.validate()
             self.validation_seconds = slowest(accelerator, time.perf_counter() - start)
@@ -199,16 +211,10 @@ class Trainer:
                 timed[images] = self.objective.grid_seconds(images) if accelerator.is_main_process else 0.0
             return timed[images]
 
-        self.timed_off_clock = stored is None
-        if stored is None:
-            off = budget.plan_off_clock(epochs, args.max_train_minutes, round_seconds, self.validation_seconds or 0.0,
-                                        args.num_sample_images, args.save_images_epochs)
-            self.grid_seconds = round_seconds(off.grid_images)
-            stored = {"grid_images": off.grid_images, "grid_every": off.grid_every,
-                      "validate_every": off.validate_every}
-        plan = RunPlan(steps_per_epoch, steps, epochs, args.logging_steps, args.checkpointing_steps or 0,
-                       stored["validate_every"] if validates else 0, stored["grid_every"], stored["grid_images"])
-        return shared_plan(accelerator, plan)
+        off = budget.plan_off_clock(epochs, args.max_train_minutes, round_seconds, self.validation_seconds or 0.0,
+                                    args.num_sample_images, args.save_images_epochs)
+        self.grid_seconds = round_seconds(off.grid_images)
+        return off
 
     def off_clock_summary(self) -> str:
         """What the run will spend outside its training steps, said before training starts (a resumed run

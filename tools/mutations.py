@@ -179,7 +179,7 @@ MUTATIONS = [
       "smallgen/trainer.py",
       [("self.validation_seconds = slowest(accelerator, time.perf_counter() - start)",
         "self.validation_seconds = time.perf_counter() - start"),
-       ("        return shared_plan(accelerator, plan)\n", "        return plan\n")],
+       ("        return shared_plan(self.accelerator, plan)\n", "        return plan\n")],
       ["tests/test_processes.py::test_processes_that_time_validation_differently_follow_one_plan"]),
     m("plan-not-stored", "the plan is stored in each checkpoint", "smallgen/trainer.py",
       [(' "plan": self.plan.as_dict(),', "")],
