@@ -1,13 +1,25 @@
-"""What is measured: FID, KID, precision/recall (and IS) of uint8 images against a reference, by torch-fidelity.
+"""What is measured: FID, KID, precision/recall (and IS), in two layers.
 
-A pure function of images and weights: it knows nothing of pipelines, flags or processes. Samples go
-to torch-fidelity in memory as uint8, quantized exactly like saved PNGs; the reference's features
-are cached under a name that says what they are (``smallgen.reference``).
+- ``inception_features``: uint8 images to Inception features (torch-fidelity's extractor). Samples are
+  quantized exactly like saved PNGs, so a folder and a pipeline score alike.
+- ``metrics_from_features``: pure math on features (torch-fidelity's feature-level functions, its
+  defaults: 100 KID subsets, 3 nearest neighbours, seed 2020).
+
+``reference_features`` extracts a reference once and caches it as safetensors (torch-fidelity's own
+cache is a pickle) under a name that says what it is and which weights made it (``smallgen.reference``).
+``compute_metrics`` joins the three. Nothing here knows of pipelines, flags or processes.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+
 import torch
+
+POOL = "2048"  # Inception pool features: FID, KID, precision/recall
+LOGITS = "logits_unbiased"  # classifier logits: the Inception Score
 
 
 class UInt8Images(torch.utils.data.Dataset):
@@ -23,28 +35,82 @@ class UInt8Images(torch.utils.data.Dataset):
         return self.images[index]
 
 
+@functools.lru_cache(maxsize=2)
+def _extractor(weights_path: str, layers: tuple[str, ...], cuda: bool):
+    """One extractor per weights file and layers: evaluation while training calls it many times."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    return create_feature_extractor("inception-v3-compat", list(layers), cuda=cuda,
+                                    feature_extractor_weights_path=weights_path, verbose=False)
+
+
+def inception_features(images, weights, *, logits: bool = False, batch_size: int = 64,
+                       verbose: bool = True) -> dict[str, torch.Tensor]:
+    """``{POOL: (N, 2048)}`` (and ``{LOGITS: (N, 1008)}``) float32 CPU features of uint8 images, given as an
+    (N, 3, H, W) tensor or a Dataset of them."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    cuda = torch.cuda.is_available()
+    extractor = _extractor(weights.path, (POOL, LOGITS) if logits else (POOL,), cuda)
+    dataset = images if isinstance(images, torch.utils.data.Dataset) else UInt8Images(images)
+    return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, save_cpu_ram=True, verbose=verbose)
+
+
+def reference_features(reference, weights, *, cache_name: str | None, cache_root: str | None,
+                       batch_size: int = 64, verbose: bool = True) -> torch.Tensor:
+    """The reference's pool features, read from ``cache_root/<cache_name>-<weights tag>.safetensors``
+    when there, else extracted and written there (atomically: a killed run leaves no half file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    if cache_name is None:
+        return inception_features(reference, weights, batch_size=batch_size, verbose=verbose)[POOL]
+    path = os.path.join(cache_root, f"{cache_name}-{weights.tag}.safetensors")
+    if os.path.isfile(path):
+        try:
+            features = load_file(path)["features"]
+            if features.shape == (len(reference), 2048):
+                return features
+        except (SafetensorError, KeyError, OSError):
+            pass
+        print(f"{path} is not what this reference makes: extracting its features again", file=sys.stderr)
+    features = inception_features(reference, weights, batch_size=batch_size, verbose=verbose)[POOL]
+    os.makedirs(cache_root, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    save_file({"features": features.contiguous()}, partial, metadata={"weights": weights.source})
+    os.replace(partial, path)
+    return features
+
+
+def metrics_from_features(samples: torch.Tensor, reference: torch.Tensor, *, kid_subset_size: int,
+                          sample_logits: torch.Tensor | None = None, verbose: bool = False) -> dict:
+    """FID, KID (mean and std over subsets), precision and recall (Kynkäänniemi et al. 2019, on the same
+    Inception pool features as FID, not torch-fidelity's default VGG16, whose weights would be a second
+    download: a GAN's dropped modes show as low recall beside its FID), and IS from logits if given."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    fid = fid_statistics_to_metric(fid_features_to_statistics(samples), fid_features_to_statistics(reference),
+                                   verbose=verbose)
+    kid = kid_features_to_metric(samples, reference, kid_subset_size=kid_subset_size, verbose=verbose)
+    prc = prc_features_to_metric(samples, reference, save_cpu_ram=True, verbose=verbose)  # samples first
+    out = {"fid": float(fid["frechet_inception_distance"]),
+           "kid_mean": float(kid["kernel_inception_distance_mean"]),
+           "kid_std": float(kid["kernel_inception_distance_std"]),
+           "precision": float(prc["precision"]), "recall": float(prc["recall"])}
+    if sample_logits is not None:
+        isc = isc_features_to_metric(sample_logits)
+        out.update(isc_mean=float(isc["inception_score_mean"]), isc_std=float(isc["inception_score_std"]))
+    return out
+
 
 def compute_metrics(samples: torch.Tensor, reference, weights, *, cache_name: str | None, cache_root: str | None,
                     kid_subset_size: int, isc: bool = False, batch_size: int = 64, verbose: bool = True) -> dict:
-    """FID, KID, precision and recall (and IS) of uint8 samples against a reference Dataset, by
-    torch-fidelity. Precision and recall (Kynkäänniemi et al. 2019, 3 nearest neighbours) use the same
-    Inception pool features as FID, not torch-fidelity's default VGG16, whose weights would be a second
-    download: a GAN's dropped modes show as low recall beside its FID."""
-    import torch_fidelity
-
-    metrics = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(samples), input2=reference, cuda=torch.cuda.is_available(),
-        feature_extractor="inception-v3-compat", fid=True, kid=True, prc=True, isc=isc,
-        kid_subset_size=kid_subset_size, batch_size=batch_size,
-        feature_extractor_weights_path=weights.path, save_cpu_ram=True, verbose=verbose,
-        cache=cache_name is not None, cache_root=cache_root,
-        input2_cache_name=None if cache_name is None else f"{cache_name}-{weights.tag}",
-    )
-    out = {"fid": float(metrics["frechet_inception_distance"]),
-           "kid_mean": float(metrics["kernel_inception_distance_mean"]),
-           "kid_std": float(metrics["kernel_inception_distance_std"]),
-           "precision": float(metrics["precision"]), "recall": float(metrics["recall"])}
-    if isc:
-        out["isc_mean"] = float(metrics["inception_score_mean"])
-        out["isc_std"] = float(metrics["inception_score_std"])
-    return out
+    """``metrics_from_features`` of uint8 samples against a reference Dataset, its features cached."""
+    sample = inception_features(samples, weights, logits=isc, batch_size=batch_size, verbose=verbose)
+    real = reference_features(reference, weights, cache_name=cache_name, cache_root=cache_root,
+                              batch_size=batch_size, verbose=verbose)
+    return metrics_from_features(sample[POOL], real, kid_subset_size=kid_subset_size,
+                                 sample_logits=sample.get(LOGITS), verbose=verbose)

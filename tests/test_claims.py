@@ -143,25 +143,35 @@ def test_reference_cache_key_names_dataset_split_resolution_count_and_seed(sampl
     assert key(dataset_name=str(other)) != base  # another dataset, even with the same name
 
 
-def test_reference_cache_name_includes_the_weights(monkeypatch):
-    import torch_fidelity
+def test_reference_features_are_cached_once_per_weights_as_safetensors(tmp_path, monkeypatch):
+    """Features differ slightly between weight files: each file has its own cache entry, read back
+    without extracting again, stored as safetensors (torch-fidelity's own cache is a pickle)."""
+    from safetensors.torch import load_file
 
+    from smallgen import scores
     from smallgen.inception import InceptionWeights
-    from smallgen.scores import compute_metrics
 
-    seen = []
+    extracted = []
 
-    def fake(**kwargs):
-        seen.append(kwargs["input2_cache_name"])
-        return {"frechet_inception_distance": 1.0, "kernel_inception_distance_mean": 0.0,
-                "kernel_inception_distance_std": 0.0, "precision": 1.0, "recall": 1.0}
+    def fake_features(images, weights, **kwargs):
+        extracted.append(weights.tag)
+        return {scores.POOL: torch.full((len(images), 2048), float(len(extracted)))}
 
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake)
-    samples = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
-    for tag in ("weights-a", "weights-b"):
-        compute_metrics(samples, None, InceptionWeights(path="x", source="test", has_classifier=False, tag=tag), cache_name="ref",
-                        cache_root=None, kid_subset_size=2, verbose=False)
-    assert len(set(seen)) == 2 and all(tag in name for tag, name in zip(("weights-a", "weights-b"), seen))
+    monkeypatch.setattr(scores, "inception_features", fake_features)
+    reference = scores.UInt8Images(torch.zeros((3, 3, 8, 8), dtype=torch.uint8))
+    cache = tmp_path / "cache"
+
+    def features(tag):
+        weights = InceptionWeights(path="x", source="test", has_classifier=False, tag=tag)
+        return scores.reference_features(reference, weights, cache_name="ref", cache_root=str(cache), verbose=False)
+
+    a, b, a_again = features("weights-a"), features("weights-b"), features("weights-a")
+    assert extracted == ["weights-a", "weights-b"]  # the third call read the cache
+    assert torch.equal(a, a_again) and not torch.equal(a, b)
+    assert sorted(p.name for p in cache.iterdir()) == ["ref-weights-a.safetensors", "ref-weights-b.safetensors"]
+    assert torch.equal(load_file(cache / "ref-weights-b.safetensors")["features"], b)
+    (cache / "ref-weights-a.safetensors").write_bytes(b"not safetensors")  # a broken entry is made again
+    assert torch.equal(features("weights-a"), torch.full((3, 2048), 3.0)) and len(extracted) == 3
 
 
 def test_a_failed_save_never_leaves_a_checkpoint_folder(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):

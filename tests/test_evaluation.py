@@ -141,6 +141,12 @@ def test_fid_and_kid_equal_torch_fidelity_on_image_folders(tmp_path, inception):
     assert result["num_samples"] == result["num_reference"] == result["kid_subset_size"] == 16
     stored = json.loads((tmp_path / "r.json").read_text())
     assert stored["results"][0]["fid"] == result["fid"]
+    (cached,) = (tmp_path / "cache" / "fidelity").glob("*.safetensors")  # the reference's features, kept
+    written = cached.stat().st_mtime_ns
+    (again,) = main(["--samples_dir", str(samples), "--train_data_dir", str(reference), "--num_samples", "16",
+                     "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache")])
+    assert again["fid"] == result["fid"] and again["kid_mean"] == result["kid_mean"]
+    assert cached.stat().st_mtime_ns == written  # read, not written again
 
 
 def test_precision_and_recall_show_mode_dropping(tmp_path, inception):
@@ -194,7 +200,7 @@ def test_pipeline_sweep_is_reproducible_and_quantized_like_pngs(tiny_pipeline, t
     assert first[0]["fid"] != first[1]["fid"]
     assert "| pipe" in capsys.readouterr().out
     # Reference features now come from the cache; same seed gives the same samples and numbers.
-    assert any(n.endswith("-features-2048.pt") for n in os.listdir(tmp_path / "cache" / "fidelity"))
+    assert any(n.endswith(".safetensors") for n in os.listdir(tmp_path / "cache" / "fidelity"))
     again = main(argv[:-2] + ["--output_json", str(tmp_path / "b.json")])
     for a, b in zip(first, again):
         assert abs(a["fid"] - b["fid"]) < 1e-6 and abs(a["kid_mean"] - b["kid_mean"]) < 1e-9
