@@ -162,7 +162,7 @@ class Trainer:
         saved = budget.capture_state(self.objective, accelerator)
         self.objective.train_mode(True)
         batches = itertools.chain.from_iterable(self.feeder.epoch(e) for e in itertools.count())
-        step_seconds = budget.seconds_per_step(lambda step: self.timing_step(batches, step),
+        step_seconds = budget.seconds_per_step(lambda step, sync: self.timing_step(batches, step, sync),
                                                args.max_train_minutes * 60, lambda s: slowest(accelerator, s))
         budget.restore_state(self.objective, accelerator, saved)
         steps = budget.steps_in_budget(args.max_train_minutes, step_seconds, args.max_train_steps)
@@ -171,12 +171,13 @@ class Trainer:
                           f"({1000 * step_seconds:.1f} ms a step, timed in {self.timing_seconds:.1f} s and undone)")
         return steps
 
-    def timing_step(self, batches, step: int) -> None:
-        """One real step for the budget's timing, ending with a host sync."""
+    def timing_step(self, batches, step: int, sync: bool) -> None:
+        """One real step for the budget's timing, as the loop runs it; ``sync``: then wait for the device."""
         logged = self.objective.train_step(self.micro_batches(batches, step))
         for scheduler in self.objective.lr_schedulers.values():
             scheduler.step()
-        float(next(iter(logged.values())))
+        if sync:
+            float(next(iter(logged.values())))
 
     def make_plan(self, stored: dict | None) -> RunPlan:
         """The run's plan, the main process's broadcast to all. The epochs between validations and grids come
