@@ -19,6 +19,8 @@ DEFAULT_GRID_EPOCHS = 10  # --save_images_epochs unset, without a time budget
 DEFAULT_GRID_IMAGES, MIN_GRID_IMAGES = 16, 4  # --num_sample_images unset
 GRID_SHARE = 0.1  # with a time budget, sample grids take about this share of it (the last round always)
 VALIDATION_SHARE = 0.05  # and validation this share (the last epoch always)
+EVALUATION_SHARE = 0.15  # and scores while training this share (the last step always)
+DEFAULT_EVALUATIONS = 10  # scores while training without a budget, --evaluate_every and --num_evaluations
 WARM_UP_STEPS = 10  # compilation, allocator warm-up, cuDNN autotuning: not representative
 PROBE_STEPS = 3  # timed to choose how many steps fill the timing's share
 MAX_TIMING_SECONDS = 60.0
@@ -99,6 +101,20 @@ def plan_off_clock(num_epochs: int, budget_minutes: float | None, round_seconds,
     validate_every = 1 if validations >= num_epochs else (num_epochs + 1 if validations <= 1
                                                           else math.ceil(num_epochs / validations))
     return OffClockPlan(images, every, validate_every)
+
+
+def evaluation_every(steps: int, every: int | None, count: int | None, budget_minutes: float | None,
+                     evaluation_seconds) -> int:
+    """Optimizer steps between scores while training: --evaluate_every; else --num_evaluations spread over
+    the steps; else, with a budget, as many as fit in EVALUATION_SHARE of it (at least the last one), and
+    DEFAULT_EVALUATIONS without. ``evaluation_seconds()`` times one evaluation (called only if needed)."""
+    if every:
+        return every
+    if not count:
+        count = DEFAULT_EVALUATIONS
+        if budget_minutes:
+            count = max(1, int(EVALUATION_SHARE * budget_minutes * 60 / max(evaluation_seconds(), 1e-9)))
+    return math.ceil(steps / min(count, steps))
 
 
 def process_seconds() -> float:

@@ -23,8 +23,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")  # resize filters
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 LOGGER_CHOICES = ("tensorboard", "wandb", "none")
 # --help shows the flags in groups (each field names its own): these, with each model type's own after "model"
-GENERAL_HELP_GROUPS = ("data", "model", "optimisation", "checkpoints and logging", "sampling (grids)", "Hub", "speed",
-                       "processes")
+GENERAL_HELP_GROUPS = ("data", "model", "optimisation", "checkpoints and logging", "sampling (grids)",
+                       "scores while training", "Hub", "speed", "processes")
 
 
 @dataclass
@@ -127,6 +127,25 @@ class TrainArguments:
     num_sample_images: int | None = flag(
         None, "Images per sample grid (default: 16; with --max_train_minutes fewer, down to 4, if a round of 16 "
               "takes more than a tenth of the budget).", group="sampling (grids)", at_least=1)
+    evaluate_num_samples: int | None = flag(
+        None, "Score the model while it trains: KID, FID, precision and recall of this many samples (the model "
+              "type's fast sampler, the same seeds each time) against the reference, logged and drawn as a curve. "
+              "Off when unset.", group="scores while training", at_least=2)
+    evaluate_every: int | None = flag(
+        None, "Score every N optimizer steps and at the last (default: --num_evaluations).",
+        group="scores while training", at_least=1)
+    num_evaluations: int | None = flag(
+        None, "Scores spread evenly over the run, the last at its last step (default: 10; with "
+              "--max_train_minutes as many as fit in 15%% of the budget, timed before training, at least the "
+              "last).", group="scores while training", at_least=1)
+    evaluate_split: str = flag("train", "Reference split, as evaluate_fid.py's --split (papers use train).",
+                               group="scores while training")
+    evaluate_num_reference: int | None = flag(
+        None, "Reference images, a subset drawn as evaluate_fid.py draws it (default: --evaluate_num_samples).",
+        group="scores while training", at_least=2)
+    inception_weights: str | None = flag(
+        None, "FID Inception weights file (default: found or fetched as evaluate_fid.py does).",
+        group="scores while training")
     push_to_hub: bool = flag(False, "Upload the pipeline folder (no checkpoints or logs).", group="Hub")
     hub_model_id: str | None = flag(None, "Repo id; unset: the output folder's name.", group="Hub")
     hub_token: str | None = flag(None, "Token; unset: HF_TOKEN or the cached login. Never saved.", group="Hub")
@@ -148,6 +167,13 @@ class TrainArguments:
 
     def __post_init__(self):
         check_flags(self)
+        if self.evaluate_num_samples is None:
+            given = [name for name in ("evaluate_every", "num_evaluations", "evaluate_num_reference")
+                     if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(f"--{given[0]} needs --evaluate_num_samples (scores while training are off)")
+        if self.evaluate_every is not None and self.num_evaluations is not None:
+            raise ConfigError("pass one of --evaluate_every and --num_evaluations")
 
     def to_public_dict(self) -> dict:
         """Arguments safe to write down: the token is never saved or logged."""

@@ -12,7 +12,8 @@ from smallgen.files import save_json
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
 
 
-def export_run(objective, data_args, args, results: dict, sample_images: list[str], say=print) -> None:
+def export_run(objective, data_args, args, results: dict, sample_images: list[str], say=print,
+               figures: list[str] = ()) -> None:
     """The end of a run: the objective's pipeline, results.json and the model card in ``args.output_dir``,
     then the push to the Hub when asked (main process only)."""
     card = objective.export(args.output_dir)
@@ -21,7 +22,8 @@ def export_run(objective, data_args, args, results: dict, sample_images: list[st
     write_model_card(args.output_dir, model_description=card.description, dataset=data_args.dataset_name,
                      arguments={**card.arguments, **args.to_public_dict(), **data_values},
                      metrics={k: v for k, v in results.items() if v is not None},
-                     sample_images=sample_images, tags=card.tags, trust_remote_code=card.trust_remote_code,
+                     sample_images=sample_images, figures=figures, tags=card.tags,
+                     trust_remote_code=card.trust_remote_code,
                      load_from=args.output_dir)  # push_to_hub points it at the repo
     say(f"pipeline saved to {args.output_dir}")
     if args.push_to_hub:
@@ -30,7 +32,7 @@ def export_run(objective, data_args, args, results: dict, sample_images: list[st
 
 
 def write_model_card(output_dir: str, *, model_description: str, dataset: str | None, arguments: dict,
-                     metrics: dict, sample_images: list[str], tags: list[str],
+                     metrics: dict, sample_images: list[str], tags: list[str], figures: list[str] = (),
                      trust_remote_code: bool = False, load_from: str | None = None) -> str:
     """README.md with hub metadata (library_name diffusers), arguments, metrics and sample grids.
 
@@ -48,6 +50,7 @@ def write_model_card(output_dir: str, *, model_description: str, dataset: str | 
     metric_rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
                             for k, v in metrics.items())
     pictures = "\n\n".join(f"![{os.path.basename(p)}]({p})" for p in sample_images)
+    curves = "".join(f"\n\n![{os.path.basename(p)}]({p})" for p in figures)
     remote = ", trust_remote_code=True" if trust_remote_code else ""
     content = f"""---
 {data.to_yaml()}
@@ -70,7 +73,7 @@ images = pipeline(batch_size=16).images
 
 {pictures or "(none yet)"}
 
-## Metrics
+## Metrics{curves}
 
 | metric | value |
 |---|---|

@@ -27,6 +27,7 @@ class RunPlan:
     validate_every: int  # epochs between validations (0: the run has no validation)
     grid_every: int  # epochs between rounds of sample grids
     grid_images: int  # images per grid
+    evaluate_every: int = 0  # optimizer steps between scores while training (0: none; the last step always)
 
     def last_epoch(self, epoch: int, global_step: int) -> bool:
         return epoch == self.num_epochs - 1 or global_step >= self.max_train_steps
@@ -43,6 +44,14 @@ class RunPlan:
 
     def draws_grids(self, epoch: int, global_step: int) -> bool:
         return (epoch + 1) % self.grid_every == 0 or self.last_epoch(epoch, global_step)
+
+    def evaluates(self, global_step: int) -> bool:
+        every = self.evaluate_every
+        return bool(every) and (global_step % every == 0 or global_step == self.max_train_steps)
+
+    def evaluations(self, first_step: int) -> int:
+        """Scores while training after ``first_step``."""
+        return sum(self.evaluates(s) for s in range(first_step + 1, self.max_train_steps + 1))
 
     def rounds(self, first_epoch: int, every: int) -> int:
         return rounds(first_epoch, self.num_epochs, every)
@@ -62,10 +71,11 @@ class RunPlan:
         validation = f"validation every {self.validate_every} epochs" if self.validate_every else "no validation"
         checkpoints = (f"a checkpoint every {self.checkpointing_steps} steps" if self.checkpointing_steps
                        else "no checkpoints")
+        scores = f"; scores every {self.evaluate_every} steps and at the last" if self.evaluate_every else ""
         return (f"plan ({who}the same on every process, stored in each checkpoint): {self.max_train_steps} optimizer steps, "
                 f"{self.steps_per_epoch} per epoch, {self.num_epochs} epochs; logs every {self.logging_steps} steps; "
                 f"{checkpoints}; {validation}; grids of {self.grid_images} images every {self.grid_every} epochs "
-                "(the last epoch always validates and draws grids)")
+                f"(the last epoch always validates and draws grids){scores}")
 
 
 def rounds(first_epoch: int, num_epochs: int, every: int) -> int:

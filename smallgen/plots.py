@@ -102,6 +102,30 @@ def plot_loss_curves(metrics: list[dict], path: str, title: str = "Training and 
     return series
 
 
+def plot_training_scores(metrics: list[dict], path: str, title: str = "Scores while training") -> list[int]:
+    """KID (with its std over subsets), FID, and precision and recall against the optimizer step, from the
+    ``evaluation/*`` records of a metrics log. Returns the steps drawn."""
+    plt = _pyplot()
+    rows = [r for r in metrics if "evaluation/kid" in r]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
+    axes[0].errorbar(steps, [1e3 * r["evaluation/kid"] for r in rows],
+                     yerr=[1e3 * r["evaluation/kid_std"] for r in rows], marker="o", capsize=3)
+    axes[0].set_ylabel("KID x 10^3 (unbiased)")
+    axes[1].plot(steps, [r["evaluation/fid"] for r in rows], marker="o")
+    axes[1].set_ylabel("FID (biased up by few samples)")
+    for key in ("precision", "recall"):
+        axes[2].plot(steps, [r[f"evaluation/{key}"] for r in rows], marker="o", label=key)
+    axes[2].set_ylim(0, 1)
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _save(fig, path)
+    return steps
+
+
 def _show(ax, image: torch.Tensor) -> None:
     ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_xticks([])

@@ -49,6 +49,8 @@ from smallgen.plan import RunPlan, step_counts
 from smallgen.processes import StopSignals, TrainingInterrupted, peers_named, shared_plan, slowest
 from smallgen.seeding import derived_seed, step_generator, validation_generator
 
+SCORES_FIGURE = "scores.png"  # the scores while training, drawn in the run folder and the model card
+
 
 class TrainingDiverged(UserError):
     """The loss or the weights became NaN or infinite."""
@@ -64,8 +66,10 @@ def build_objective(data_args, model_args, args, labels=None):
 
 
 class Trainer:
-    def __init__(self, objective, accelerator, feeder, validation, resume_path, data_args, model_args, args):
+    def __init__(self, objective, accelerator, feeder, validation, resume_path, data_args, model_args, args,
+                 scores=None):
         self.objective, self.accelerator, self.feeder = objective, accelerator, feeder
+        self.scores = scores  # smallgen.training_scores.TrainingScores, or None: no scores while training
         self.validation_images, self.validation_labels = validation  # labels None unless the objective needs them
         self.resume_path = resume_path
         self.data_args, self.model_args, self.args = data_args, model_args, args
@@ -83,6 +87,8 @@ class Trainer:
         self.interval_start, self.images_in_interval = 0.0, 0  # for the logged img/s
         self.grid_seconds, self.validation_seconds = 0.0, None  # a round of grids and a validation, timed
         self.timed_off_clock = False  # False: the off-clock schedule came from a checkpoint's plan
+        self.evaluation_seconds, self.scoring_seconds = None, 0.0  # one evaluation, timed; all of them, spent
+        self.last_scores: dict = {}
 
     # ------------------------------------------------------------------ the loop
 
@@ -103,6 +109,9 @@ class Trainer:
                     # log: read the summed losses (the one host sync) and check them finite
                     if plan.logs(self.global_step):
                         self.log_training(epoch)
+                    # score: samples from every process, scored by the main process, the same numbers to all
+                    if plan.evaluates(self.global_step):
+                        self.evaluate()
                     # checkpoint: the weights checked finite first
                     saved = plan.checkpoints(self.global_step)
                     if saved:
@@ -148,6 +157,8 @@ class Trainer:
             accelerator.print("no checkpoint in --output_dir yet: starting a new run")
         if self.resume_path is not None and self.global_step >= self.max_train_steps:
             return None
+        if self.scores is not None:
+            self.scores.prepare()  # the reference's features, extracted or read from the cache
         self.plan = self.make_plan(state.get("plan"))
         print(self.plan.summary(accelerator.process_index, accelerator.num_processes), flush=True)  # every process
         accelerator.print(self.off_clock_summary())
@@ -182,7 +193,7 @@ class Trainer:
     def make_plan(self, stored: dict | None) -> RunPlan:
         """The run's plan, the main process's broadcast to all. The epochs between validations and grids come
         from a checkpoint's plan when resuming, else from timing them (time_off_clock)."""
-        from smallgen.budget import OffClockPlan
+        from smallgen.budget import OffClockPlan, evaluation_every
 
         args = self.args
         steps_per_epoch, steps, epochs = step_counts(len(self.feeder), self.accumulation, args.max_train_steps,
@@ -191,8 +202,13 @@ class Trainer:
         self.timed_off_clock = stored is None
         off = (OffClockPlan(stored["grid_images"], stored["grid_every"], stored["validate_every"]) if stored
                else self.time_off_clock(epochs, validates))
+        evaluate_every = (stored or {}).get("evaluate_every", 0)
+        if self.scores is not None and not stored:
+            self.evaluation_seconds = self.scores.seconds()  # the main process's estimate: the plan is its
+            evaluate_every = evaluation_every(steps, args.evaluate_every, args.num_evaluations,
+                                              args.max_train_minutes, lambda: self.evaluation_seconds)
         plan = RunPlan(steps_per_epoch, steps, epochs, args.logging_steps, args.checkpointing_steps or 0,
-                       off.validate_every if validates else 0, off.grid_every, off.grid_images)
+                       off.validate_every if validates else 0, off.grid_every, off.grid_images, evaluate_every)
         return shared_plan(self.accelerator, plan)
 
     def time_off_clock(self, epochs: int, validates: bool):
@@ -222,16 +238,22 @@ class Trainer:
         follows its stored plan untimed: rounds only)."""
         plan, first_epoch = self.plan, self.global_step // self.plan.steps_per_epoch
         grid_rounds, validations = plan.rounds(first_epoch, plan.grid_every), plan.rounds(first_epoch, plan.validate_every)
+        evaluations = plan.evaluations(self.global_step)
+        scores = f"; scores of {self.scores.description} x {evaluations}" if self.scores is not None else ""
         if not self.timed_off_clock:
             return (f"off the clock (as planned before the run; from here): sample grids of {plan.grid_images} images "
-                    f"x {grid_rounds}; validation x {validations}")
+                    f"x {grid_rounds}; validation x {validations}{scores}")
         grids = f"sample grids of {plan.grid_images} images {self.grid_seconds:.1f} s a round x {grid_rounds}"
         validation, total = "no validation", self.grid_seconds * grid_rounds
         if self.validation_seconds is not None:
             validation = f"validation {self.validation_seconds:.1f} s x {validations}"
             total += self.validation_seconds * validations
+        if self.scores is not None:
+            scores = f"; scores of {self.scores.description} {self.evaluation_seconds:.1f} s x {evaluations}"
+            total += self.evaluation_seconds * evaluations
         about = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min"
-        return f"off the clock (timed before training): {grids}; {validation}; about {about}, besides checkpoints and the export"
+        return (f"off the clock (timed before training): {grids}; {validation}{scores}; about {about}, besides "
+                "checkpoints and the export")
 
     def finished_already(self) -> dict:
         """Resuming at or past the last step: no step, and an existing export is left as it is."""
@@ -399,6 +421,23 @@ class Trainer:
             self.check_finite(losses)
         return losses
 
+    def evaluate(self) -> None:
+        """Scores while training (smallgen/training_scores.py): logged, said, and drawn as a curve."""
+        start = time.perf_counter()
+        scores = self.scores.score()
+        self.scoring_seconds += time.perf_counter() - start
+        self.last_scores = {"step": self.global_step, **scores}
+        self.metrics.log({"step": self.global_step, **{f"evaluation/{k}": v for k, v in scores.items()}})
+        if self.accelerator.is_main_process:
+            from smallgen.plots import plot_training_scores
+
+            self.progress_bar.write(f"step {self.global_step}: KID {scores['kid']:.4g} ± {scores['kid_std']:.2g}, "
+                                    f"FID {scores['fid']:.4g}, precision {scores['precision']:.3f}, "
+                                    f"recall {scores['recall']:.3f}")
+            with self.writing("the scores curve"):
+                plot_training_scores(self.metrics.read(), os.path.join(self.args.output_dir, SCORES_FIGURE),
+                                     title=f"{self.objective.name}: {self.scores.description}")
+
     def save_sample_grids(self, tag: str) -> None:
         from smallgen.plots import save_image_grid
 
@@ -422,6 +461,9 @@ class Trainer:
                    "images_per_second": images_seen / max(self.clock_seconds, 1e-9)}
         if self.args.max_train_minutes:
             results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds)
+        if self.last_scores:
+            results.update({f"evaluation_{k}": v for k, v in self.last_scores.items()},
+                           evaluation_seconds=self.scoring_seconds, evaluation_samples=self.scores.description)
         from smallgen.budget import process_seconds
 
         results["wall_seconds"] = process_seconds()  # since the process started, until the export
@@ -432,7 +474,8 @@ class Trainer:
             from smallgen.export import export_run
 
             with self.writing(f"the pipeline to {self.args.output_dir}"):
-                export_run(self.objective, self.data_args, self.args, results, self.sample_paths, accelerator.print)
+                export_run(self.objective, self.data_args, self.args, results, self.sample_paths, accelerator.print,
+                           figures=[SCORES_FIGURE] if self.last_scores else [])
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
@@ -474,8 +517,13 @@ def train(data_args, model_args, args) -> dict:
                                             desc="loading validation images", show_progress=accelerator.is_main_process)
         if feeder.on_device:
             validation_images = validation_images.to(accelerator.device)  # moved once, not every epoch
+    scores = None
+    if args.evaluate_num_samples:  # weights and reference found here, or refused before anything is written
+        from smallgen.training_scores import TrainingScores
+
+        scores = TrainingScores(objective, accelerator, data_args, args)
     trainer = Trainer(objective, accelerator, feeder, (validation_images, validation_labels), resume_path,
-                      data_args, model_args, args)
+                      data_args, model_args, args, scores)
     lock = RunLock(args.output_dir)
     try:
         if accelerator.is_main_process:  # everything above was checked: only now may the folder change

@@ -49,6 +49,7 @@ CHECKPOINTS = "tests/test_checkpoints.py"
 CONFIG = "tests/test_config.py"
 BASELINES = "tests/test_baselines.py"
 CONVENTIONS = "tests/test_pipeline_conventions.py"
+SCORING = "tests/test_training_scores.py"
 
 MUTATIONS = [
     m("step-noise-ignores-step", "noise, timesteps and flips are seeded by (seed, step, micro-batch, process)",
@@ -440,6 +441,43 @@ MUTATIONS = [
     m("budget-timing-syncs-every-step", "the budget's timing syncs once a window, as the loop runs",
       "smallgen/budget.py", [("            run_step(i, i == first + count - 1)\n", "            run_step(i, True)\n")],
       ["tests/test_budget.py::test_seconds_per_step_skips_the_slow_first_steps_and_syncs_once_a_window"]),
+    m("scores-every-process-draws-the-first-share", "each process draws its own share of the samples scored while "
+      "training", "smallgen/training_scores.py",
+      [("        first = accelerator.process_index * share\n", "        first = 0\n")],
+      [f"{SCORING}::test_two_processes_each_draw_a_share_and_score_as_evaluate_fid"]),
+    m("scores-reference-not-evaluate-fids", "scores while training use evaluate_fid.py's reference (its subset rule)",
+      "smallgen/training_scores.py", [("reference_seed=2020)", "reference_seed=0)")],
+      [f"{SCORING}::test_scores_while_training_equal_evaluate_fid_on_the_export"]),
+    m("scores-sampler-not-the-fast-one", "scores while training sample with the model type's fast sampler",
+      "smallgen/objectives/diffusion.py", [('    fast_sampler = ("ddim", 50)\n', '    fast_sampler = ("ddim", 20)\n')],
+      [f"{SCORING}::test_scores_while_training_equal_evaluate_fid_on_the_export"]),
+    m("scores-skip-the-last-step", "the last step is always scored",
+      "smallgen/plan.py", [("(global_step % every == 0 or global_step == self.max_train_steps)",
+                            "global_step % every == 0")],
+      [f"{SCORING}::test_scores_while_training_equal_evaluate_fid_on_the_export"]),
+    m("scores-schedule-not-stored", "a resumed run scores at the stored plan's steps",
+      "smallgen/trainer.py", [('evaluate_every = (stored or {}).get("evaluate_every", 0)', "evaluate_every = 0")],
+      [f"{SCORING}::test_a_resumed_run_scores_as_the_straight_one"]),
+    m("scores-reference-checked-after-the-folder", "a reference that cannot be used is refused before anything "
+      "is written", "smallgen/trainer.py",
+      [("""    scores = None
+    if args.evaluate_num_samples:  # weights and reference found here, or refused before anything is written
+        from smallgen.training_scores import TrainingScores
+
+        scores = TrainingScores(objective, accelerator, data_args, args)
+""", "    scores = None\n"),
+       ("            prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)\n",
+        """            prepare_output_dir(args.output_dir, args.logging_dir, resuming, args.overwrite_output_dir)
+        if args.evaluate_num_samples:
+            from smallgen.training_scores import TrainingScores
+
+            trainer.scores = TrainingScores(objective, accelerator, data_args, args)
+""")],
+      [f"{SCORING}::test_a_reference_that_cannot_be_used_is_refused_before_anything_is_written"]),
+    m("scores-budget-share-ignored", "with a budget, the default evaluations fit in 15% of it",
+      "smallgen/budget.py", [("            count = max(1, int(EVALUATION_SHARE * budget_minutes * 60 / max(evaluation_seconds(), 1e-9)))\n",
+                              "            pass\n")],
+      [f"{SCORING}::test_the_evaluations_are_planned_like_the_grids"]),
     m("precision-recall-swapped", "precision is the share of samples near the reference, recall the reverse",
       "smallgen/scores.py",
       [('"precision": float(prc["precision"]), "recall": float(prc["recall"])}',

@@ -61,6 +61,7 @@ class Objective:
     pipeline_classes: tuple[str, ...] = ()  # the pipeline classes it exports (and evaluate_fid.py samples)
     samplers: dict = {}  # evaluate_fid.py --scheduler: smallgen.sampling.Sampler
     evaluation_arguments: tuple[type, ...] = ()  # evaluate_fid.py flags that only this model type's pipelines take
+    fast_sampler: tuple[str, int] | None = None  # (name in samplers, steps) scored while training; None: one call
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         self.data_args, self.model_args, self.train_args = data_args, model_args, train_args
@@ -154,6 +155,29 @@ class Objective:
         start = time.perf_counter()
         self.sample_grids(num_images, seed=0)
         return time.perf_counter() - start
+
+    @torch.no_grad()
+    def evaluation_images(self, count: int, seed: int, first_index: int) -> torch.Tensor:
+        """Images ``first_index`` ... of ``seed`` as uint8, drawn for the scores while training: the exported
+        pipeline with ``fast_sampler`` and ``evaluation_options()``; the networks' modes restored after."""
+        from smallgen.sampling import draw_images, with_sampler
+
+        modes = [(network, network.training) for network in self.networks.values()]
+        try:
+            pipeline, options = self.make_pipeline(self.accelerator.device), self.evaluation_options()
+            if self.fast_sampler is not None:
+                name, options["num_inference_steps"] = self.fast_sampler
+                pipeline = with_sampler(pipeline, self.samplers[name])
+            pipeline.set_progress_bar_config(disable=True)
+            return draw_images(pipeline, count, seed, batch_size=self.train_args.eval_batch_size,
+                               first_index=first_index, **options)
+        finally:
+            for network, training in modes:
+                network.train(training)
+
+    def evaluation_options(self) -> dict:
+        """The pipeline call's keywords for the scores while training (a conditional model's labels)."""
+        return {}
 
     @classmethod
     def evaluation_settings(cls, pipeline, args) -> list[dict]:

@@ -143,6 +143,12 @@ class ClassConditionalObjective(DiffusionObjective):
         grids = super().sample_grids(per_class * self.labels.size, seed, **options)
         return {name: (images, per_class) for name, images in grids.items()}
 
+    def evaluation_options(self) -> dict:
+        """Classes in turn (image i: label i mod K), at the training run's --guidance_scale."""
+        size = self.labels.size
+        return {"class_labels": lambda indices: [i % size for i in indices],
+                "guidance_scale": self.model_args.guidance_scale}
+
     def grid_seconds(self, num_images: int) -> float:
         per_class, options = self.grid_layout(num_images)
         return super().grid_seconds(per_class * self.labels.size, **options)

@@ -62,6 +62,7 @@ class ConsistencyObjective(UNetObjective):
     arguments = (UNetArguments, ConsistencyArguments)
     pipeline_classes = ("ConsistencyPipeline",)
     samplers = {"cm": Sampler("diffusers:CMStochasticIterativeScheduler")}  # evaluate_fid.py: 1-4 steps
+    fast_sampler = ("cm", 1)
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         from models.consistency import ConsistencyParameterization

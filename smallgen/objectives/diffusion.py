@@ -92,6 +92,7 @@ class DiffusionObjective(UNetObjective):
     arguments = (UNetArguments, DDPMArguments)
     pipeline_classes = ("DDPMPipeline", "DDIMPipeline")
     samplers = DDPM_SAMPLERS
+    fast_sampler = ("ddim", 50)
 
     def make_loss(self):
         from models.losses import DiffusionLoss

@@ -37,6 +37,7 @@ class EDMObjective(UNetObjective):
                 "edm-dpmsolver": Sampler("diffusers:EDMDPMSolverMultistepScheduler"),
                 "edm-heun": Sampler("pipelines.scheduling_edm_heun:EDMHeunScheduler"),
                 "edm-unipc": Sampler("pipelines.scheduling_edm_unipc:EDMUniPCScheduler")}
+    fast_sampler = ("edm-dpmsolver", 10)
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         from models.edm import EDMPreconditioning

@@ -34,6 +34,7 @@ class FlowObjective(UNetObjective):
     pipeline_classes = ("FlowMatchPipeline",)
     samplers = {"flow-euler": Sampler("diffusers:FlowMatchEulerDiscreteScheduler"),
                 "flow-heun": Sampler("diffusers:FlowMatchHeunDiscreteScheduler")}  # 2 evaluations a step but the last
+    fast_sampler = ("flow-euler", 20)
 
     def make_loss(self):
         from models.flow import FlowMatchingLoss
