@@ -143,6 +143,9 @@ class TrainArguments:
     evaluate_num_reference: int | None = flag(
         None, "Reference images, a subset drawn as evaluate_fid.py draws it (default: --evaluate_num_samples).",
         group="scores while training", at_least=2)
+    keep_best: str | None = flag(
+        None, "Export the weights that scored best while training by this score, and say from which step; the "
+              "checkpoints keep the last state.", group="scores while training", choices=("kid", "fid"))
     inception_weights: str | None = flag(
         None, "FID Inception weights file (default: found or fetched as evaluate_fid.py does).",
         group="scores while training")
@@ -168,7 +171,7 @@ class TrainArguments:
     def __post_init__(self):
         check_flags(self)
         if self.evaluate_num_samples is None:
-            given = [name for name in ("evaluate_every", "num_evaluations", "evaluate_num_reference")
+            given = [name for name in ("evaluate_every", "num_evaluations", "evaluate_num_reference", "keep_best")
                      if getattr(self, name) is not None]
             if given:
                 raise ConfigError(f"--{given[0]} needs --evaluate_num_samples (scores while training are off)")

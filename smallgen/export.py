@@ -9,14 +9,49 @@ from smallgen.errors import UserError
 from smallgen.files import save_json
 
 # What stays local when the run folder is uploaded.
-HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "*.tmp", "**/*.tmp", ".*"]
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "best-step-*", "best-step-*/**", "logs/**", "*.tmp",
+                       "**/*.tmp", ".*"]
+BEST_PREFIX = "best-step-"  # --keep_best: the best-scoring pipeline so far, named by its step
+
+
+def best_folder(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, f"{BEST_PREFIX}{step}")
+
+
+def save_best(objective, output_dir: str, step: int) -> None:
+    """The pipeline of this step as the best so far: written whole, then renamed."""
+    import shutil
+
+    final = best_folder(output_dir, step)
+    objective.export(final + ".tmp")
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(final + ".tmp", final)
+
+
+def remove_bests_except(output_dir: str, keep: set) -> None:
+    """Best folders of other steps than ``keep`` (the run's best, and those the checkpoints still name: a
+    resume from one of them needs its folder). One written after the checkpoint a run resumed from goes
+    with the rest of that attempt."""
+    import shutil
+
+    for name in os.listdir(output_dir):
+        if name.startswith(BEST_PREFIX) and name[len(BEST_PREFIX):] not in {str(step) for step in keep}:
+            shutil.rmtree(os.path.join(output_dir, name))
 
 
 def export_run(objective, data_args, args, results: dict, sample_images: list[str], say=print,
-               figures: list[str] = ()) -> None:
-    """The end of a run: the objective's pipeline, results.json and the model card in ``args.output_dir``,
-    then the push to the Hub when asked (main process only)."""
-    card = objective.export(args.output_dir)
+               figures: list[str] = (), best_step: int | None = None) -> None:
+    """The end of a run: the objective's pipeline (``best_step``'s, saved by ``save_best``, if given),
+    results.json and the model card in ``args.output_dir``, then the push to the Hub when asked (main
+    process only)."""
+    import shutil
+
+    if best_step is None:
+        card = objective.export(args.output_dir)
+    else:
+        shutil.copytree(best_folder(args.output_dir, best_step), args.output_dir, dirs_exist_ok=True)
+        card = objective.model_card()
     save_json(os.path.join(args.output_dir, "results.json"), results)
     data_values = {k: v for k, v in dataclasses.asdict(data_args).items() if v is not None}
     write_model_card(args.output_dir, model_description=card.description, dataset=data_args.dataset_name,
@@ -25,7 +60,8 @@ def export_run(objective, data_args, args, results: dict, sample_images: list[st
                      sample_images=sample_images, figures=figures, tags=card.tags,
                      trust_remote_code=card.trust_remote_code,
                      load_from=args.output_dir)  # push_to_hub points it at the repo
-    say(f"pipeline saved to {args.output_dir}")
+    best = "" if best_step is None else f": the weights of step {best_step}, the best {args.keep_best.upper()}"
+    say(f"pipeline saved to {args.output_dir}{best}")
     if args.push_to_hub:
         repo_id = push_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
         say(f"pushed to the Hub as {repo_id}")

@@ -34,6 +34,7 @@ from smallgen.checkpoints import (
     RunLock,
     check_output_dir,
     checkpoint_info,
+    list_checkpoints,
     load_checkpoint,
     prepare_output_dir,
     resolve_resume_checkpoint,
@@ -42,6 +43,7 @@ from smallgen.checkpoints import (
 from smallgen.data import ImageFeeder, decode_to_uint8, load_image_datasets, uint8_to_model_range
 from smallgen.environment import use_cpu_cores
 from smallgen.errors import UserError
+from smallgen.export import remove_bests_except, save_best
 from smallgen.files import read_json, save_json
 from smallgen.metrics import MetricsLog
 from smallgen.objectives.base import MicroBatch
@@ -89,6 +91,7 @@ class Trainer:
         self.timed_off_clock = False  # False: the off-clock schedule came from a checkpoint's plan
         self.evaluation_seconds, self.scoring_seconds = None, 0.0  # one evaluation, timed; all of them, spent
         self.last_scores: dict = {}
+        self.best: dict = {}  # --keep_best: {"step": ..., score: ...}, stored in every checkpoint
 
     # ------------------------------------------------------------------ the loop
 
@@ -152,6 +155,7 @@ class Trainer:
             self.global_step = state["global_step"]
             self.elapsed_before = state.get("elapsed_seconds", 0.0)
             self.clock_seconds = state.get("clock_seconds", 0.0)
+            self.best = state.get("best") or {}
             accelerator.print(f"resumed from {self.resume_path} at step {self.global_step}")
         elif args.resume_from_checkpoint == "latest":
             accelerator.print("no checkpoint in --output_dir yet: starting a new run")
@@ -159,6 +163,7 @@ class Trainer:
             return None
         if self.scores is not None:
             self.scores.prepare()  # the reference's features, extracted or read from the cache
+        self.prune_bests()  # a best written after the resumed checkpoint is forgotten
         self.plan = self.make_plan(state.get("plan"))
         print(self.plan.summary(accelerator.process_index, accelerator.num_processes), flush=True)  # every process
         accelerator.print(self.off_clock_summary())
@@ -332,9 +337,15 @@ class Trainer:
         info = {"global_step": self.global_step, "epoch": epoch, "seed": self.args.seed,
                 "max_train_steps": self.plan.max_train_steps, "plan": self.plan.as_dict(),
                 "clock_seconds": self.clock_seconds, "elapsed_seconds": time.perf_counter() - self.run_start,
-                **self.identity()}
+                "best": self.best, **self.identity()}
         self.last_checkpoint = save_checkpoint(self.objective, self.accelerator, self.args.output_dir,
                                                self.global_step, self.args.checkpoints_total_limit, info)
+
+    def prune_bests(self) -> None:
+        """--keep_best: keep the best folders of the run's best and of those the checkpoints name (main process)."""
+        if self.args.keep_best and self.accelerator.is_main_process:
+            named = {checkpoint_info(path).get("best", {}).get("step") for path in list_checkpoints(self.args.output_dir)}
+            remove_bests_except(self.args.output_dir, named | {self.best.get("step")})
 
     def log_training(self, epoch: int) -> None:
         """Read the summed losses (the one host sync), check them, log them, reset the sums."""
@@ -428,6 +439,13 @@ class Trainer:
         self.scoring_seconds += time.perf_counter() - start
         self.last_scores = {"step": self.global_step, **scores}
         self.metrics.log({"step": self.global_step, **{f"evaluation/{k}": v for k, v in scores.items()}})
+        score = self.args.keep_best
+        if score and (not self.best or scores[score] < self.best[score]):  # the same scores on every process
+            self.best = {"step": self.global_step, score: scores[score]}
+            if self.accelerator.is_main_process:
+                with self.writing(f"the best pipeline so far (step {self.global_step})"):
+                    save_best(self.objective, self.args.output_dir, self.global_step)
+            self.prune_bests()
         if self.accelerator.is_main_process:
             from smallgen.plots import plot_training_scores
 
@@ -461,6 +479,8 @@ class Trainer:
                    "images_per_second": images_seen / max(self.clock_seconds, 1e-9)}
         if self.args.max_train_minutes:
             results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds)
+        if self.best:
+            results.update({f"best_{k}": v for k, v in self.best.items()})
         if self.last_scores:
             results.update({f"evaluation_{k}": v for k, v in self.last_scores.items()},
                            evaluation_seconds=self.scoring_seconds, evaluation_samples=self.scores.description)
@@ -475,7 +495,7 @@ class Trainer:
 
             with self.writing(f"the pipeline to {self.args.output_dir}"):
                 export_run(self.objective, self.data_args, self.args, results, self.sample_paths, accelerator.print,
-                           figures=[SCORES_FIGURE] if self.last_scores else [])
+                           figures=[SCORES_FIGURE] if self.last_scores else [], best_step=self.best.get("step"))
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results

@@ -113,3 +113,75 @@ def test_two_processes_each_draw_a_share_and_score_as_evaluate_fid(sprites_dir, 
                               "--cache_dir", str(cache)])
     assert last["step"] == 2 and last["evaluation/fid"] == pytest.approx(theirs["fid"], rel=1e-6)
     assert last["evaluation/kid"] == pytest.approx(theirs["kid_mean"], rel=1e-6, abs=1e-9)
+
+
+class ScriptedScores:
+    """TrainingScores with scripted KIDs, one per evaluation in turn: keep_best's choice is known."""
+
+    kids: list = []
+
+    def __init__(self, objective, accelerator, data_args, args):
+        self.description, self.calls = "scripted scores", 0
+
+    def prepare(self):
+        pass
+
+    def seconds(self):
+        return 0.0
+
+    def score(self):
+        kid = self.kids[self.calls]
+        self.calls += 1
+        return {"kid": kid, "kid_std": 0.0, "fid": 100 * kid, "precision": 0.5, "recall": 0.5}
+
+
+def _unet_parameters(folder):
+    from diffusers import UNet2DModel
+
+    return [p.detach() for p in UNet2DModel.from_pretrained(folder / "unet").parameters()]
+
+
+def _same(a, b):
+    import torch
+
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_keep_best_exports_the_best_step_and_a_resume_keeps_it(sprites_dir, tiny_unet_config, tmp_path, monkeypatch,
+                                                                capsys):
+    """KIDs 3, 1, 2, 4 over four steps: the export holds step 2's EMA weights and says so, the checkpoints keep
+    the last state; resumed from step 3 it still exports step 2; resumed from step 1 with other scores (best
+    now step 3) the best folder written after that checkpoint is forgotten."""
+    import shutil
+
+    from smallgen import training_scores
+    from tests.helpers import ema_weights
+
+    monkeypatch.setattr(training_scores, "TrainingScores", ScriptedScores)
+    monkeypatch.setattr(ScriptedScores, "kids", [3.0, 1.0, 2.0, 4.0])
+    common = dict(evaluate_num_samples=4, evaluate_every=1, keep_best="kid", max_train_steps=4, use_ema=True,
+                  checkpointing_steps=1)
+    out = tmp_path / "run"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, **common))
+    assert results["best_step"] == 2 and results["best_kid"] == 1.0
+    assert "the weights of step 2, the best KID" in capsys.readouterr().out
+    exported = _unet_parameters(out)
+    assert _same(exported, ema_weights(out / "checkpoint-2"))
+    assert not _same(exported, ema_weights(out / "checkpoint-4"))  # the checkpoints keep the last state
+    assert sorted(p.name for p in out.glob("best-step-*")) == ["best-step-1", "best-step-2"]  # checkpoint-1 names 1
+
+    again = tmp_path / "again"  # resumed after the best: keeps it
+    shutil.copytree(out, again)
+    shutil.rmtree(again / "checkpoint-4")
+    monkeypatch.setattr(ScriptedScores, "kids", [4.0])
+    run_training(tiny_args(sprites_dir, tiny_unet_config, again, resume_from_checkpoint="latest", **common))
+    assert _same(_unet_parameters(again), exported)
+
+    early = tmp_path / "early"  # resumed before step 2's best: its folder is forgotten, step 1 stays the best
+    shutil.copytree(out, early)
+    for step in (2, 3, 4):
+        shutil.rmtree(early / f"checkpoint-{step}")
+    monkeypatch.setattr(ScriptedScores, "kids", [5.0, 6.0, 7.0])
+    resumed = run_training(tiny_args(sprites_dir, tiny_unet_config, early, resume_from_checkpoint="latest", **common))
+    assert resumed["best_step"] == 1 and [p.name for p in early.glob("best-step-*")] == ["best-step-1"]
+    assert _same(_unet_parameters(early), ema_weights(out / "checkpoint-1"))
