@@ -22,8 +22,8 @@ VALIDATION_SHARE = 0.05  # and validation this share (the last epoch always)
 EVALUATION_SHARE = 0.15  # and scores while training this share (the last step always)
 DEFAULT_EVALUATIONS = 10  # scores while training without a budget, --evaluate_every and --num_evaluations
 WARM_UP_STEPS = 10  # compilation, allocator warm-up, cuDNN autotuning: not representative
-PROBE_STEPS = 3  # timed to choose how many steps fill the warm-up's and the timing's shares
-WARM_UP_SHARE = 0.05  # then more untimed steps, to about this share of the budget
+PROBE_STEPS = 3  # timed to choose how many steps fill the timing's share
+TIMED_WINDOWS = 5  # the timing's share split into windows: their median is the step time
 MAX_TIMING_SECONDS = 60.0
 TIMING_SHARE = 0.1  # at most this share of the budget is spent timing (off the clock)
 
@@ -43,29 +43,29 @@ def restore_state(objective, accelerator, saved: dict) -> None:
 
 
 def seconds_per_step(run_step, budget_seconds: float, slowest=lambda seconds: seconds) -> float:
-    """Mean wall time of ``run_step(i, sync)`` after a warm-up, over enough steps to fill a small share of
-    the budget (at least two).
+    """Seconds a step takes, from ``run_step(i, sync)`` after WARM_UP_STEPS: the median of TIMED_WINDOWS
+    windows' means, which together fill a small share of the budget (at least two steps each).
 
-    The warm-up: WARM_UP_STEPS, a probe of PROBE_STEPS timed, then as many more as fill WARM_UP_SHARE of
-    the budget: the first minute's steps ran 2-4% slower than the rest of a 5-minute CPU run. Steps are
-    timed as the loop runs them: ``sync`` (a host sync) only on the last step of a window, never after
-    each step (a sync per step timed 5-8% slow under ``accelerate launch`` on CPU). ``slowest(seconds)``
-    returns the largest value over all processes: every process must run the same number of steps
-    (each step synchronises gradients), so the counts come from the slowest process's probe, and the
-    result is the slowest process's mean.
+    Steps are timed as the loop runs them: ``sync`` (a host sync) only on the last step of a window,
+    never after each step (a sync per step timed 5-8% slow under ``accelerate launch`` on CPU). The
+    median, not the mean: a burst of other work on the machine during the timing would otherwise fix
+    too few steps for the whole run. ``slowest(seconds)`` returns the largest value over all processes:
+    every process must run the same number of steps (each step synchronises gradients), so the counts
+    come from the slowest process's probe, and each window's time is the slowest process's.
     """
     def window(first: int, count: int) -> float:
         start = time.perf_counter()
         for i in range(first, first + count):
             run_step(i, i == first + count - 1)
-        return slowest(time.perf_counter() - start) / max(count, 1)
+        return slowest(time.perf_counter() - start) / count
 
     window(0, WARM_UP_STEPS)
     probe = max(window(WARM_UP_STEPS, PROBE_STEPS), 1e-6)
-    settled = WARM_UP_STEPS + PROBE_STEPS + min(int(WARM_UP_SHARE * budget_seconds / probe), 100_000)
-    window(WARM_UP_STEPS + PROBE_STEPS, settled - WARM_UP_STEPS - PROBE_STEPS)
-    count = min(max(2, int(min(MAX_TIMING_SECONDS, TIMING_SHARE * budget_seconds) / probe)), 100_000)
-    return window(settled, count)
+    limit = min(MAX_TIMING_SECONDS, TIMING_SHARE * budget_seconds)
+    count = min(max(2, int(limit / probe / TIMED_WINDOWS)), 20_000)
+    first = WARM_UP_STEPS + PROBE_STEPS
+    means = sorted(window(first + w * count, count) for w in range(TIMED_WINDOWS))
+    return means[TIMED_WINDOWS // 2]
 
 
 def steps_in_budget(minutes: float, step_seconds: float, cap: int | None) -> int:
