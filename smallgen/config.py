@@ -110,6 +110,11 @@ class TrainArguments:
     ema_inv_gamma: float = flag(1.0, "EMA warm-up inverse gamma.", group="optimisation")
     ema_power: float = flag(0.75, "EMA warm-up power (3/4: long runs; 2/3: short ones).", group="optimisation")
     ema_warmup: bool = flag(True, "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power).", group="optimisation")
+    posthoc_ema: bool = flag(False, "Track EDM2's power-function EMAs (sigma_rel 0.05 and 0.10) and store snapshots "
+                                    "in posthoc-ema/, to choose the EMA length after the run (UNet model types).",
+                             group="optimisation")
+    posthoc_ema_every: int | None = flag(None, "Steps between post-hoc EMA snapshots (default: 20 over the run, "
+                                               "and the last step).", group="optimisation", at_least=1)
     mixed_precision: str = flag("no", "Autocast precision.", group="speed", choices=MIXED_PRECISION_CHOICES)
     checkpointing_steps: int | None = flag(500, "Save a resumable state every N steps.", group="checkpoints and logging",
                                            at_least=1)
@@ -175,6 +180,8 @@ class TrainArguments:
                      if getattr(self, name) is not None]
             if given:
                 raise ConfigError(f"--{given[0]} needs --evaluate_num_samples (scores while training are off)")
+        if self.posthoc_ema_every is not None and not self.posthoc_ema:
+            raise ConfigError("--posthoc_ema_every needs --posthoc_ema")
         if self.evaluate_every is not None and self.num_evaluations is not None:
             raise ConfigError("pass one of --evaluate_every and --num_evaluations")
 

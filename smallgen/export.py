@@ -9,8 +9,8 @@ from smallgen.errors import UserError
 from smallgen.files import save_json
 
 # What stays local when the run folder is uploaded.
-HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "best-step-*", "best-step-*/**", "logs/**", "*.tmp",
-                       "**/*.tmp", ".*"]
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "best-step-*", "best-step-*/**", "posthoc-ema/**",
+                       "logs/**", "*.tmp", "**/*.tmp", ".*"]
 BEST_PREFIX = "best-step-"  # --keep_best: the best-scoring pipeline so far, named by its step
 
 

@@ -17,8 +17,12 @@ Nothing here knows of networks or files: tensors in, tensors out.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+
+SNAPSHOT_FOLDER = "posthoc-ema"  # in the run folder: step-<N>.safetensors, one per snapshot
 
 
 def gamma_of(sigma_rel: float) -> float:
@@ -68,19 +72,22 @@ def combine(snapshots: list[dict[str, torch.Tensor]], weights) -> dict[str, torc
 
 
 class PowerFunctionEMA:
-    """Power-function EMAs of a list of parameters, one per sigma_rel, updated after each optimizer step."""
+    """Power-function EMAs of a list of parameters, one per sigma_rel, updated after each optimizer step (the
+    first update copies the weights). ``state_dict``/``load_state_dict`` for checkpoints."""
 
     def __init__(self, parameters, sigma_rels=(0.05, 0.10)):
         self.sigma_rels = tuple(float(s) for s in sigma_rels)
         self.gammas = tuple(gamma_of(s) for s in self.sigma_rels)
         self.averages = [[p.detach().clone() for p in parameters] for _ in self.sigma_rels]
+        self.step = 0  # updates so far
 
     @torch.no_grad()
-    def update(self, parameters, step: int) -> None:
-        """Fold in the weights after optimizer step ``step`` (1, 2, ...)."""
+    def update(self, parameters) -> None:
+        """Fold in the weights after the next optimizer step."""
+        self.step += 1
         parameters = [p.detach() for p in parameters]
         for gamma, averages in zip(self.gammas, self.averages):
-            torch._foreach_lerp_(averages, parameters, 1.0 - decay(gamma, step))
+            torch._foreach_lerp_(averages, parameters, 1.0 - decay(gamma, self.step))
 
     def snapshot(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Every profile's averages as one flat dict of tensors (safetensors), keyed "<sigma_rel>/<name>"."""
@@ -91,3 +98,39 @@ class PowerFunctionEMA:
         for sigma, averages in zip(self.sigma_rels, self.averages):
             for name, average in zip(names, averages):
                 average.copy_(tensors[f"{sigma:.4f}/{name}"])
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "sigma_rels": list(self.sigma_rels), "averages": self.averages}
+
+    def load_state_dict(self, state: dict) -> None:
+        if [float(s) for s in state["sigma_rels"]] != list(self.sigma_rels):
+            raise ValueError(f"post-hoc EMA profiles {state['sigma_rels']} differ from {list(self.sigma_rels)}")
+        self.step = int(state["step"])
+        for averages, stored in zip(self.averages, state["averages"]):
+            torch._foreach_copy_(averages, [t.to(a.device, a.dtype) for a, t in zip(averages, stored)])
+
+
+def snapshot_path(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, SNAPSHOT_FOLDER, f"step-{step:08d}.safetensors")
+
+
+def save_snapshot(tracker: PowerFunctionEMA, output_dir: str, step: int) -> str:
+    """Every profile's averages after ``step`` as safetensors (parameters named p0, p1, ... in the order of the
+    objective's trained parameters), written whole, then renamed."""
+    from safetensors.torch import save_file
+
+    path = snapshot_path(output_dir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    names = [f"p{i}" for i in range(len(tracker.averages[0]))]
+    metadata = {"step": str(step), "sigma_rels": ",".join(f"{s:.4f}" for s in tracker.sigma_rels)}
+    save_file(tracker.snapshot(names), path + ".tmp", metadata=metadata)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def remove_snapshots_after(output_dir: str, step: int) -> None:
+    """Snapshots of steps after ``step``: written by an attempt a resume forgets (they are written again)."""
+    folder = os.path.join(output_dir, SNAPSHOT_FOLDER)
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.startswith("step-") and int(name[5:13]) > step:
+            os.remove(os.path.join(folder, name))

@@ -42,15 +42,17 @@ from smallgen.checkpoints import (
 )
 from smallgen.data import ImageFeeder, decode_to_uint8, load_image_datasets, uint8_to_model_range
 from smallgen.environment import use_cpu_cores
-from smallgen.errors import UserError
+from smallgen.errors import ConfigError, UserError
 from smallgen.export import remove_bests_except, save_best
 from smallgen.files import read_json, save_json
 from smallgen.metrics import MetricsLog
 from smallgen.objectives.base import MicroBatch
 from smallgen.plan import RunPlan, step_counts
+from smallgen.posthoc_ema import remove_snapshots_after, save_snapshot
 from smallgen.processes import StopSignals, TrainingInterrupted, peers_named, shared_plan, slowest
 from smallgen.seeding import derived_seed, step_generator, validation_generator
 
+POSTHOC_SNAPSHOTS = 20  # post-hoc EMA snapshots over a run, unless --posthoc_ema_every
 SCORES_FIGURE = "scores.png"  # the scores while training, drawn in the run folder and the model card
 
 
@@ -115,6 +117,9 @@ class Trainer:
                     # score: samples from every process, scored by the main process, the same numbers to all
                     if plan.evaluates(self.global_step):
                         self.evaluate()
+                    # post-hoc EMA snapshot (main process, no collective)
+                    if self.snapshots_posthoc(self.global_step):
+                        self.save_posthoc_snapshot()
                     # checkpoint: the weights checked finite first
                     saved = plan.checkpoints(self.global_step)
                     if saved:
@@ -164,6 +169,8 @@ class Trainer:
         if self.scores is not None:
             self.scores.prepare()  # the reference's features, extracted or read from the cache
         self.prune_bests()  # a best written after the resumed checkpoint is forgotten
+        if self.objective.posthoc is not None and accelerator.is_main_process:
+            remove_snapshots_after(args.output_dir, self.global_step)  # those of a forgotten attempt
         self.plan = self.make_plan(state.get("plan"))
         print(self.plan.summary(accelerator.process_index, accelerator.num_processes), flush=True)  # every process
         accelerator.print(self.off_clock_summary())
@@ -456,6 +463,17 @@ class Trainer:
                 plot_training_scores(self.metrics.read(), os.path.join(self.args.output_dir, SCORES_FIGURE),
                                      title=f"{self.objective.name}: {self.scores.description}")
 
+    def snapshots_posthoc(self, step: int) -> bool:
+        if self.objective.posthoc is None:
+            return False
+        every = self.args.posthoc_ema_every or math.ceil(self.plan.max_train_steps / POSTHOC_SNAPSHOTS)
+        return step % every == 0 or step == self.plan.max_train_steps
+
+    def save_posthoc_snapshot(self) -> None:
+        if self.accelerator.is_main_process:
+            with self.writing("a post-hoc EMA snapshot"):
+                save_snapshot(self.objective.posthoc, self.args.output_dir, self.global_step)
+
     def save_sample_grids(self, tag: str) -> None:
         from smallgen.plots import save_image_grid
 
@@ -511,6 +529,8 @@ def train(data_args, model_args, args) -> dict:
     resuming = args.resume_from_checkpoint is not None
     objective_cls = objective_class(model_args.model_type, model_args.class_conditional)
     objective_cls.check_arguments(data_args, model_args, args)  # config errors first, checked once
+    if args.posthoc_ema and not objective_cls.tracks_posthoc_ema:
+        raise ConfigError(f"--posthoc_ema: --model_type {model_args.model_type} keeps no EMA (the UNet model types do)")
     check_output_dir(args.output_dir, resuming, args.overwrite_output_dir)
     resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     accelerator = Accelerator(

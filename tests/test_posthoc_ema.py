@@ -35,9 +35,10 @@ def test_tracking_weights_each_step_by_the_density_summed_over_it():
     """ema_t of unit vectors e_tau is the weight of step tau: (tau^(g+1) - (tau-1)^(g+1)) / t^(g+1)."""
     t = 50
     steps = torch.eye(t, dtype=torch.float64)  # theta after step tau is e_tau
-    ema = phema.PowerFunctionEMA([steps[0]], sigma_rels=(0.05, 0.10))
-    for tau in range(2, t + 1):
-        ema.update([steps[tau - 1]], tau)
+    ema = phema.PowerFunctionEMA([torch.zeros(t, dtype=torch.float64)], sigma_rels=(0.05, 0.10))
+    for tau in range(1, t + 1):
+        ema.update([steps[tau - 1]])
+    assert ema.step == t
     for gamma, (average,) in zip(ema.gammas, ema.averages):
         tau = np.arange(1, t + 1, dtype=np.float64)
         expected = (tau ** (gamma + 1) - (tau - 1) ** (gamma + 1)) / t ** (gamma + 1)
@@ -57,8 +58,8 @@ def test_a_reconstructed_profile_equals_one_tracked_directly():
     trajectory = _random_walk(2000, 64)
     tracked = phema.PowerFunctionEMA([trajectory[0]], sigma_rels=(0.05, 0.10, 0.07, 0.15))
     snapshots, snapshot_steps = [], []
-    for step in range(2, 2001):
-        tracked.update([trajectory[step - 1]], step)
+    for step in range(1, 2001):
+        tracked.update([trajectory[step - 1]])
         if step % 100 == 0:
             snapshots += [{"w": tracked.averages[0][0].clone()}, {"w": tracked.averages[1][0].clone()}]
             snapshot_steps += [step, step]
@@ -94,9 +95,61 @@ def test_the_coefficients_are_the_papers_least_squares_written_out():
 def test_snapshots_round_trip_as_flat_tensors():
     parameters = [torch.randn(3, 2), torch.randn(4)]
     ema = phema.PowerFunctionEMA(parameters)
-    ema.update([p + 1 for p in parameters], 2)
+    ema.update([p + 1 for p in parameters])
+    ema.update([p + 2 for p in parameters])
     flat = ema.snapshot(["a", "b"])
     assert sorted(flat) == ["0.0500/a", "0.0500/b", "0.1000/a", "0.1000/b"]
     other = phema.PowerFunctionEMA([torch.zeros(3, 2), torch.zeros(4)])
     other.load_snapshot(flat, ["a", "b"])
     assert all(torch.equal(x, y) for xs, ys in zip(ema.averages, other.averages) for x, y in zip(xs, ys))
+    restored = phema.PowerFunctionEMA([torch.zeros(3, 2), torch.zeros(4)])
+    restored.load_state_dict(ema.state_dict())
+    assert restored.step == 2 and all(torch.equal(x, y) for xs, ys in zip(ema.averages, restored.averages)
+                                      for x, y in zip(xs, ys))
+
+
+def test_training_stores_snapshots_that_a_resume_writes_again_the_same(sprites_dir, tiny_unet_config, tmp_path):
+    """--posthoc_ema: snapshots every 2 steps and at the last; the 0.10 profile at step 3 is the weights after
+    steps 1-3 weighted by the profile's density (read from the checkpoints); a run resumed from step 2
+    removes a snapshot of the forgotten attempt and writes the rest again, bit for bit."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from smallgen.errors import ConfigError
+    from tests.helpers import run_training, tiny_args
+
+    common = dict(posthoc_ema=True, posthoc_ema_every=2, max_train_steps=3, checkpointing_steps=1)
+    out = tmp_path / "run"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, **common))
+    assert sorted(p.name for p in (out / "posthoc-ema").iterdir()) == ["step-00000002.safetensors",
+                                                                       "step-00000003.safetensors"]
+    last = out / "posthoc-ema" / "step-00000003.safetensors"
+    with safe_open(last, "pt") as f:
+        assert f.metadata() == {"step": "3", "sigma_rels": "0.0500,0.1000"}
+    snapshot = load_file(last)
+    gamma = phema.gamma_of(0.10)
+    weights = [(tau ** (gamma + 1) - (tau - 1) ** (gamma + 1)) / 3 ** (gamma + 1) for tau in (1, 2, 3)]
+    trained = [list(load_file(out / f"checkpoint-{step}" / "unet.safetensors").values()) for step in (1, 2, 3)]
+    names = list(load_file(out / "checkpoint-1" / "unet.safetensors"))
+    from diffusers import UNet2DModel
+
+    order = [name for name, _ in UNet2DModel.from_pretrained(out / "unet").named_parameters()]
+    for i, name in enumerate(order):
+        expected = sum(w * step[names.index(name)].double() for w, step in zip(weights, trained))
+        torch.testing.assert_close(snapshot[f"0.1000/p{i}"].double(), expected, rtol=1e-5, atol=1e-6)
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoint-3")
+    (resumed / "posthoc-ema" / "step-00000004.safetensors").write_bytes(b"from a forgotten attempt")
+    run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest", **common))
+    assert sorted(p.name for p in (resumed / "posthoc-ema").iterdir()) == ["step-00000002.safetensors",
+                                                                           "step-00000003.safetensors"]
+    for name in ("step-00000002.safetensors", "step-00000003.safetensors"):
+        a, b = load_file(out / "posthoc-ema" / name), load_file(resumed / "posthoc-ema" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="keeps no EMA"):
+        run_training(tiny_args(sprites_dir, None, tmp_path / "gan", model_type="dcgan", model_config_name_or_path=None,
+                               base_channels=8, latent_dim=16, posthoc_ema=True))

@@ -62,6 +62,7 @@ class Objective:
     samplers: dict = {}  # evaluate_fid.py --scheduler: smallgen.sampling.Sampler
     evaluation_arguments: tuple[type, ...] = ()  # evaluate_fid.py flags that only this model type's pipelines take
     fast_sampler: tuple[str, int] | None = None  # (name in samplers, steps) scored while training; None: one call
+    tracks_posthoc_ema = False  # --posthoc_ema: trained_parameters() averaged after each step (the UNet types)
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         self.data_args, self.model_args, self.train_args = data_args, model_args, train_args
@@ -69,6 +70,7 @@ class Objective:
         self.networks: dict[str, torch.nn.Module] = self.build_networks()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr_schedulers: dict = {}
+        self.posthoc = None  # --posthoc_ema: smallgen.posthoc_ema.PowerFunctionEMA of trained_parameters()
 
     @classmethod
     def check_arguments(cls, data_args, model_args, train_args) -> None:

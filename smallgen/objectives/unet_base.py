@@ -31,6 +31,7 @@ class UNetArguments:
 
 
 class UNetObjective(Objective):
+    tracks_posthoc_ema = True
     arguments = (UNetArguments,)
     validation_names = ("val_loss",)
 
@@ -102,6 +103,10 @@ class UNetObjective(Objective):
                                 inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=True,
                                 model_cls=UNet2DModel, model_config=self.unet.config)
             self.ema.to(accelerator.device)
+        if args.posthoc_ema:
+            from smallgen.posthoc_ema import PowerFunctionEMA
+
+            self.posthoc = PowerFunctionEMA(self.trained_parameters())
         super().setup(accelerator, max_train_steps)
         self.unet = self.networks["unet"]
         self.loss.to(accelerator.device)
@@ -112,7 +117,8 @@ class UNetObjective(Objective):
         return list(self.unet.parameters())
 
     def checkpoint_objects(self) -> dict:
-        return {} if self.ema is None else {"ema": self.ema}
+        return {**({} if self.ema is None else {"ema": self.ema}),
+                **({} if self.posthoc is None else {"posthoc_ema": self.posthoc})}
 
     def train_step(self, micro_batches) -> dict[str, torch.Tensor]:
         accelerator, args = self.accelerator, self.train_args
@@ -132,6 +138,8 @@ class UNetObjective(Objective):
         optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.step(self.trained_parameters())
+        if self.posthoc is not None:
+            self.posthoc.update(self.trained_parameters())
         return {"train_loss": total / len(micro_batches)}
 
     @torch.no_grad()
