@@ -159,7 +159,7 @@ def test_grids_are_what_the_exported_pipeline_draws(tiny_unet_config):
     AcceleratorState._reset_state(reset_partial_state=True)
     train_args = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
                                  adam_weight_decay=0.0, lr_scheduler="constant", lr_warmup_steps=0,
-                                 gradient_accumulation_steps=1, use_ema=False, eval_batch_size=3,
+                                 gradient_accumulation_steps=1, use_ema=False, posthoc_ema=False, eval_batch_size=3,
                                  channels_last=False, torch_compile=False)
     model_args = ModelArguments(model_type="edm", model_config_name_or_path=str(tiny_unet_config),
                                 grid_num_inference_steps=3)
