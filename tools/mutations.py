@@ -101,7 +101,7 @@ MUTATIONS = [
       [("            self.ema.copy_to(model.parameters())\n", "            pass\n")],
       [f"{TRAINER}::test_tiny_run_writes_a_loadable_pipeline"]),
     m("ema-not-checkpointed", "exact resume includes the EMA", "smallgen/objectives/unet_base.py",
-      [('        return {} if self.ema is None else {"ema": self.ema}', "        return {}")],
+      [('        return {**({} if self.ema is None else {"ema": self.ema}),', "        return {**{},")],
       [f"{CHECKPOINTS}::test_resume_is_exact"]),
     m("ema-warm-up-flags-ignored", "--ema_inv_gamma / --ema_power set the EMA warm-up", "smallgen/objectives/unet_base.py",
       [("inv_gamma=args.ema_inv_gamma, power=args.ema_power, ", "")],
