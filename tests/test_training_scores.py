@@ -97,18 +97,22 @@ def test_a_resumed_run_scores_as_the_straight_one(sprites_dir, tiny_unet_config,
 
 def test_two_processes_each_draw_a_share_and_score_as_evaluate_fid(sprites_dir, tiny_unet_config, tmp_path, inception):
     """Each process draws its half of the images (image i from (seed, i)), gathered in order: the scores equal
-    evaluate_fid.py's on the exported pipeline in one process."""
+    evaluate_fid.py's on the exported pipeline in one process, against the --evaluate_num_reference subset
+    (8 reference images for 6 samples). The same run stores one set of post-hoc EMA snapshots."""
     from smallgen.evaluation import main as evaluate_fid
     from tests.helpers import launch_two_processes
 
     out, cache = tmp_path / "run", tmp_path / "cache"
     argv = tiny_args(sprites_dir, tiny_unet_config, out, inception_weights=inception.path, train_batch_size=4,
-                     evaluate_num_samples=6, num_evaluations=1, max_train_steps=2, use_ema=True)
+                     evaluate_num_samples=6, evaluate_num_reference=8, num_evaluations=1, max_train_steps=2,
+                     use_ema=True, posthoc_ema=True, posthoc_ema_every=1)
     result = launch_two_processes(argv, env={"SMALLGEN_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (out / "posthoc-ema").iterdir()) == ["step-00000001.safetensors",
+                                                                       "step-00000002.safetensors"]
     (last,) = _scored(out)
     (theirs,) = evaluate_fid(["--pipeline", str(out), "--train_data_dir", str(sprites_dir), "--resolution", "16",
-                              "--num_reference", "6", "--num_samples", "6", "--scheduler", "ddim",
+                              "--num_reference", "8", "--num_samples", "6", "--scheduler", "ddim",
                               "--num_inference_steps", "50", "--seed", "7", "--inception_weights", inception.path,
                               "--cache_dir", str(cache)])
     assert last["step"] == 2 and last["evaluation/fid"] == pytest.approx(theirs["fid"], rel=1e-6)
