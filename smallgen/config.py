@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from smallgen.arguments import build_parser as build_flag_parser
-from smallgen.arguments import check_flags, flag, parse_into
+from smallgen.arguments import check_flags, flag, non_default_fields, parse_into
 from smallgen.errors import ConfigError
 from smallgen.objectives import MODEL_TYPES, argument_parts, check_model_arguments
 
@@ -110,9 +110,11 @@ class TrainArguments:
     ema_inv_gamma: float = flag(1.0, "EMA warm-up inverse gamma.", group="optimisation")
     ema_power: float = flag(0.75, "EMA warm-up power (3/4: long runs; 2/3: short ones).", group="optimisation")
     ema_warmup: bool = flag(True, "EMA decay warm-up (1 - (1 + step/inv_gamma)^-power).", group="optimisation")
-    posthoc_ema: bool = flag(False, "Track EDM2's power-function EMAs (sigma_rel 0.05 and 0.10) and store snapshots "
-                                    "in posthoc-ema/, to choose the EMA length after the run (UNet model types).",
-                             group="optimisation")
+    posthoc_ema: bool = flag(False, "Track power-function EMAs (--posthoc_ema_sigma_rels) and store snapshots in "
+                                    "posthoc-ema/, to choose the EMA length after the run with reconstruct_ema.py "
+                                    "(UNet model types).", group="optimisation")
+    posthoc_ema_sigma_rels: list[float] = flag([0.05, 0.10], "Relative widths of the tracked post-hoc EMA profiles "
+                                               "(EDM2's two).", group="optimisation", above=0, below=12 ** -0.5)
     posthoc_ema_every: int | None = flag(None, "Steps between post-hoc EMA snapshots (default: 20 over the run, "
                                                "and the last step).", group="optimisation", at_least=1)
     mixed_precision: str = flag("no", "Autocast precision.", group="speed", choices=MIXED_PRECISION_CHOICES)
@@ -180,8 +182,11 @@ class TrainArguments:
                      if getattr(self, name) is not None]
             if given:
                 raise ConfigError(f"--{given[0]} needs --evaluate_num_samples (scores while training are off)")
-        if self.posthoc_ema_every is not None and not self.posthoc_ema:
-            raise ConfigError("--posthoc_ema_every needs --posthoc_ema")
+        for name in ("posthoc_ema_every", "posthoc_ema_sigma_rels"):
+            if name in non_default_fields(TrainArguments, self) and not self.posthoc_ema:
+                raise ConfigError(f"--{name} needs --posthoc_ema")
+        if len(set(self.posthoc_ema_sigma_rels)) != len(self.posthoc_ema_sigma_rels):
+            raise ConfigError(f"--posthoc_ema_sigma_rels must differ; got {self.posthoc_ema_sigma_rels}")
         if self.evaluate_every is not None and self.num_evaluations is not None:
             raise ConfigError("pass one of --evaluate_every and --num_evaluations")
 
@@ -247,10 +252,22 @@ def _flag_type(key: str) -> tuple[type, bool]:
 
 def _check_recipe_type(path: str, key: str, value) -> None:
     """A recipe value of the flag's type (YAML reads 'fast' as text, 1e-4 without a dot as text too)."""
+    import typing
+
     expected, optional = _flag_type(key)
     if value is None and optional:
         return
-    if expected is float and isinstance(value, str):
+    if typing.get_origin(expected) is list:  # each item of the item type
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: {key} must be a list; got {value!r}")
+        for item in value:  # a text item stays text in a list (argparse converts only single values)
+            _check_recipe_value(path, key, item, typing.get_args(expected)[0], text_as_number=False)
+        return
+    _check_recipe_value(path, key, value, expected)
+
+
+def _check_recipe_value(path: str, key: str, value, expected: type, text_as_number: bool = True) -> None:
+    if expected is float and isinstance(value, str) and text_as_number:
         try:
             float(value)
             return

@@ -126,6 +126,24 @@ def plot_training_scores(metrics: list[dict], path: str, title: str = "Scores wh
     return steps
 
 
+def plot_posthoc_scores(rows: list[dict], trained: dict, path: str, step: int) -> list[float]:
+    """FID and KID of the EMAs reconstructed at ``step`` against their sigma_rel, the export as trained (its
+    fixed EMA) as a dashed line. Returns the sigma_rels drawn."""
+    plt = _pyplot()
+    sigmas = [r["sigma_rel"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, key, scale, label in ((axes[0], "fid", 1, "FID"), (axes[1], "kid_mean", 1e3, "KID x 10^3")):
+        ax.plot(sigmas, [scale * r[key] for r in rows], marker="o", label="post-hoc EMA")
+        ax.axhline(scale * trained[key], color="gray", linestyle="--", label="the export as trained")
+        ax.set_xlabel("sigma_rel (EMA length relative to training)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Post-hoc EMA at step {step}")
+    _save(fig, path)
+    return sigmas
+
+
 def _show(ax, image: torch.Tensor) -> None:
     ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_xticks([])

@@ -22,6 +22,8 @@ import os
 import numpy as np
 import torch
 
+from smallgen.errors import ConfigError
+
 SNAPSHOT_FOLDER = "posthoc-ema"  # in the run folder: step-<N>.safetensors, one per snapshot
 
 
@@ -62,13 +64,18 @@ def coefficients(snapshot_steps, snapshot_gammas, target_step: float, target_gam
     return solved / solved.sum()
 
 
-def combine(snapshots: list[dict[str, torch.Tensor]], weights) -> dict[str, torch.Tensor]:
-    """sum_i weights[i] * snapshots[i], tensor by tensor, accumulated in float64."""
-    out = {}
-    for name in snapshots[0]:
-        total = sum(float(w) * snapshot[name].double() for w, snapshot in zip(weights, snapshots))
-        out[name] = total.to(snapshots[0][name].dtype)
-    return out
+def combine(snapshots, weights) -> list[dict[str, torch.Tensor]]:
+    """For each row of ``weights`` (targets x snapshots): sum_i weights[row][i] * snapshots[i], tensor by tensor,
+    accumulated in float64. ``snapshots`` may be a generator: each is read once, whatever the targets."""
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1, np.shape(weights)[-1])
+    totals: list[dict[str, torch.Tensor]] = [{} for _ in weights]
+    dtypes = {}
+    for i, snapshot in enumerate(snapshots):
+        for name, tensor in snapshot.items():
+            dtypes[name] = tensor.dtype
+            for row, total in zip(weights, totals):
+                total[name] = total.get(name, 0) + float(row[i]) * tensor.double()
+    return [{name: tensor.to(dtypes[name]) for name, tensor in total.items()} for total in totals]
 
 
 class PowerFunctionEMA:
@@ -104,7 +111,8 @@ class PowerFunctionEMA:
 
     def load_state_dict(self, state: dict) -> None:
         if [float(s) for s in state["sigma_rels"]] != list(self.sigma_rels):
-            raise ValueError(f"post-hoc EMA profiles {state['sigma_rels']} differ from {list(self.sigma_rels)}")
+            raise ConfigError(f"--posthoc_ema_sigma_rels {' '.join(map(str, self.sigma_rels))}: the checkpoint "
+                              f"tracks {' '.join(map(str, state['sigma_rels']))}; resume with those")
         self.step = int(state["step"])
         for averages, stored in zip(self.averages, state["averages"]):
             torch._foreach_copy_(averages, [t.to(a.device, a.dtype) for a, t in zip(averages, stored)])

@@ -48,6 +48,8 @@ def tiny_args(data_dir, config, output_dir, **overrides):
     for key, value in args.items():
         if value is True:
             argv.append(f"--{key}")
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
         elif value is not False and value is not None:
             argv += [f"--{key}", str(value)]
     return argv

@@ -1,6 +1,8 @@
 """Post-hoc EMA math (smallgen/posthoc_ema.py) against the paper's formulas written out here, numerical
 integration, and EMAs tracked directly."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -66,7 +68,8 @@ def test_a_reconstructed_profile_equals_one_tracked_directly():
     gammas = [tracked.gammas[0], tracked.gammas[1]] * (len(snapshot_steps) // 2)
     for index, sigma in ((2, 0.07), (3, 0.15)):
         weights = phema.coefficients(snapshot_steps, gammas, 2000, phema.gamma_of(sigma))
-        rebuilt = phema.combine(snapshots, weights)["w"]
+        (rebuilt,) = phema.combine(iter(snapshots), [weights])
+        rebuilt = rebuilt["w"]
         direct = tracked.averages[index][0]
         window = int(2000 * (1 - 3 * sigma))
         moved = (trajectory[-1] - trajectory[window]).norm()
@@ -75,7 +78,7 @@ def test_a_reconstructed_profile_equals_one_tracked_directly():
     np.testing.assert_allclose(one_hot, np.eye(len(snapshot_steps))[-1], atol=1e-8)  # a snapshot is itself
 
 
-def test_the_coefficients_are_the_papers_least_squares_written_out():
+def papers_coefficients(steps, gammas, target_step, target_gamma):
     """Written out as the paper's Algorithm 3 reads: A[i, j] = <p_i, p_j>, b[i] = <p_i, p_target>,
     x = A^-1 b, normalised to sum 1; the inner product from Eq. 151, its own statement here."""
     def dot(t_a, g_a, t_b, g_b):
@@ -83,13 +86,18 @@ def test_the_coefficients_are_the_papers_least_squares_written_out():
             return (g_a + 1) * (g_b + 1) * (t_a / t_b) ** g_b / ((g_a + g_b + 1) * t_b)
         return (g_a + 1) * (g_b + 1) * (t_a / t_b) ** -g_a / ((g_a + g_b + 1) * t_a)
 
+    a = np.array([[dot(ti, gi, tj, gj) for tj, gj in zip(steps, gammas)] for ti, gi in zip(steps, gammas)])
+    b = np.array([dot(ti, gi, target_step, target_gamma) for ti, gi in zip(steps, gammas)])
+    x = np.linalg.solve(a, b)
+    return x / x.sum()
+
+
+def test_the_coefficients_are_the_papers_least_squares_written_out():
     steps = [250, 250, 500, 500, 750, 750, 1000, 1000]
     gammas = [16.97, 6.94] * 4
     target = (900, phema.gamma_of(0.08))
-    a = np.array([[dot(ti, gi, tj, gj) for tj, gj in zip(steps, gammas)] for ti, gi in zip(steps, gammas)])
-    b = np.array([dot(ti, gi, *target) for ti, gi in zip(steps, gammas)])
-    x = np.linalg.solve(a, b)
-    np.testing.assert_allclose(phema.coefficients(steps, gammas, *target), x / x.sum(), rtol=1e-9)
+    np.testing.assert_allclose(phema.coefficients(steps, gammas, *target), papers_coefficients(steps, gammas, *target),
+                               rtol=1e-9)
 
 
 def test_snapshots_round_trip_as_flat_tensors():
@@ -153,3 +161,54 @@ def test_training_stores_snapshots_that_a_resume_writes_again_the_same(sprites_d
     with pytest.raises(ConfigError, match="keeps no EMA"):
         run_training(tiny_args(sprites_dir, None, tmp_path / "gan", model_type="dcgan", model_config_name_or_path=None,
                                base_channels=8, latent_dim=16, posthoc_ema=True))
+
+
+def _flat_weights(folder):
+    from diffusers import UNet2DModel
+
+    return [p.detach().double() for p in UNet2DModel.from_pretrained(folder / "unet").parameters()]
+
+
+def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(sprites_dir, tiny_unet_config, tmp_path,
+                                                                           inception, monkeypatch, capsys):
+    """reconstruct_ema.py on a run with --posthoc_ema (profiles 0.05 and 0.20, snapshots at steps 2 and 4): the
+    export as trained scores what the run scored at its last step (the same evaluation settings); the exported
+    weights are the best FID's EMA, equal to the snapshots weighted by the paper's least squares written out
+    here; the trained export is kept, so a second call compares with it."""
+    from safetensors.torch import load_file
+
+    from smallgen.reconstruction import main as reconstruct_ema
+    from tests.helpers import run_training, tiny_args
+
+    monkeypatch.setenv("SMALLGEN_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, run, inception_weights=inception.path,
+                                     evaluate_num_samples=4, num_evaluations=1, max_train_steps=4, use_ema=True,
+                                     posthoc_ema=True, posthoc_ema_every=2, posthoc_ema_sigma_rels=[0.05, 0.2]))
+    trained = _flat_weights(run)
+    summary = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.03", "0.08", "0.15"])
+    assert "exported the EMA of sigma_rel" in capsys.readouterr().out
+    assert summary["trained"]["fid"] == pytest.approx(results["evaluation_fid"], rel=1e-6)
+    assert summary["trained"]["kid_mean"] == pytest.approx(results["evaluation_kid"], rel=1e-6, abs=1e-9)
+    fids = [row["fid"] for row in summary["rows"]]
+    assert len(set(fids)) == 3 and summary["chosen"]["fid"] == min(fids)  # three EMAs, the best exported
+    chosen = summary["chosen"]["sigma_rel"]
+    snapshots = [load_file(run / "posthoc-ema" / f"step-0000000{s}.safetensors") for s in (2, 4)]
+    steps, gammas = [2, 2, 4, 4], [phema.gamma_of(0.05), phema.gamma_of(0.2)] * 2
+    weights = papers_coefficients(steps, gammas, 4, phema.gamma_of(chosen))
+    profiles = [(snapshot, f"{sigma:.4f}") for snapshot in snapshots for sigma in (0.05, 0.2)]
+    for i, exported in enumerate(_flat_weights(run)):
+        expected = sum(w * snapshot[f"{sigma}/p{i}"].double() for w, (snapshot, sigma) in zip(weights, profiles))
+        torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-6)
+    kept = load_file(run / "posthoc-ema" / "trained-export.safetensors")
+    assert all(torch.equal(kept[f"p{i}"].double(), w) for i, w in enumerate(trained))
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["posthoc_ema_sigma_rel"] == chosen and saved["posthoc_ema_step"] == 4
+    card = (run / "README.md").read_text()
+    assert card.count("## Post-hoc EMA") == 1 and "![posthoc-ema.png](posthoc-ema.png)" in card
+    assert (run / "posthoc-ema.png").is_file()
+
+    again = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.08", "--no_export"])
+    assert again["trained"] == summary["trained"]  # scored from the kept trained export, not the replaced one
+    assert again["rows"][0] == next(r for r in summary["rows"] if r["sigma_rel"] == 0.08)
+    assert (run / "README.md").read_text().count("## Post-hoc EMA") == 1

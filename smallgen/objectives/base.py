@@ -63,6 +63,7 @@ class Objective:
     evaluation_arguments: tuple[type, ...] = ()  # evaluate_fid.py flags that only this model type's pipelines take
     fast_sampler: tuple[str, int] | None = None  # (name in samplers, steps) scored while training; None: one call
     tracks_posthoc_ema = False  # --posthoc_ema: trained_parameters() averaged after each step (the UNet types)
+    exported_networks: tuple[str, ...] = ()  # pipeline components whose parameters, in turn, are trained_parameters()'s
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         self.data_args, self.model_args, self.train_args = data_args, model_args, train_args
@@ -180,6 +181,14 @@ class Objective:
     def evaluation_options(self) -> dict:
         """The pipeline call's keywords for the scores while training (a conditional model's labels)."""
         return {}
+
+    @classmethod
+    def evaluation_flags(cls, training_arguments: dict) -> dict:
+        """evaluate_fid.py's flags that score an export as a run of these training arguments scores itself."""
+        if cls.fast_sampler is None:
+            return {}
+        name, steps = cls.fast_sampler
+        return {"scheduler": name, "num_inference_steps": [steps]}
 
     @classmethod
     def evaluation_settings(cls, pipeline, args) -> list[dict]:

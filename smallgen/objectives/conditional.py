@@ -56,6 +56,12 @@ class ClassConditionalObjective(DiffusionObjective):
     pipeline_classes = ("ClassConditionalPipeline",)
     evaluation_arguments = (GuidanceSweepArguments,)
     samplers = {name: Sampler(*scheduler) for name, scheduler in DDPM_SCHEDULERS.items()}  # our pipeline runs all
+    exported_networks = ("unet", "label_embedding")
+
+    @classmethod
+    def evaluation_flags(cls, training_arguments: dict) -> dict:
+        return {**super().evaluation_flags(training_arguments),
+                "guidance_scale": [training_arguments["guidance_scale"]]}
 
     @classmethod
     def evaluation_settings(cls, pipeline, args) -> list[dict]:

@@ -32,6 +32,7 @@ class UNetArguments:
 
 class UNetObjective(Objective):
     tracks_posthoc_ema = True
+    exported_networks = ("unet",)
     arguments = (UNetArguments,)
     validation_names = ("val_loss",)
 
@@ -106,7 +107,7 @@ class UNetObjective(Objective):
         if args.posthoc_ema:
             from smallgen.posthoc_ema import PowerFunctionEMA
 
-            self.posthoc = PowerFunctionEMA(self.trained_parameters())
+            self.posthoc = PowerFunctionEMA(self.trained_parameters(), sigma_rels=args.posthoc_ema_sigma_rels)
         super().setup(accelerator, max_train_steps)
         self.unet = self.networks["unet"]
         self.loss.to(accelerator.device)
