@@ -83,7 +83,9 @@ def read_snapshot(path: str) -> Snapshot:
 
 
 def find_snapshots(run: str, step: int | None) -> tuple[list[Snapshot], int]:
-    """The snapshots a reconstruction at ``step`` uses (those up to it) and the step (default: the last)."""
+    """The snapshots a reconstruction at ``step`` uses and the step (default: the last). Later ones are left
+    unread: least squares gives them no weight (on [0, step] a later profile has an earlier one's shape, and
+    its mass after ``step`` is only error)."""
     folder = os.path.join(run, phema.SNAPSHOT_FOLDER)
     names = sorted(n for n in os.listdir(folder) if re.fullmatch(r"step-\d+\.safetensors", n)) \
         if os.path.isdir(folder) else []

@@ -158,6 +158,10 @@ def test_training_stores_snapshots_that_a_resume_writes_again_the_same(sprites_d
     for name in ("step-00000002.safetensors", "step-00000003.safetensors"):
         a, b = load_file(out / "posthoc-ema" / name), load_file(resumed / "posthoc-ema" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shutil.rmtree(resumed / "checkpoint-3")
+    with pytest.raises(ConfigError, match="the checkpoint tracks 0.05 0.1; resume with those"):
+        run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest",
+                               **common, posthoc_ema_sigma_rels=[0.05, 0.2]))
     with pytest.raises(ConfigError, match="keeps no EMA"):
         run_training(tiny_args(sprites_dir, None, tmp_path / "gan", model_type="dcgan", model_config_name_or_path=None,
                                base_channels=8, latent_dim=16, posthoc_ema=True))
@@ -171,19 +175,22 @@ def _flat_weights(folder):
 
 def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(sprites_dir, tiny_unet_config, tmp_path,
                                                                            inception, monkeypatch, capsys):
-    """reconstruct_ema.py on a run with --posthoc_ema (profiles 0.05 and 0.20, snapshots at steps 2 and 4): the
-    export as trained scores what the run scored at its last step (the same evaluation settings); the exported
+    """reconstruct_ema.py on an EDM run with --posthoc_ema (profiles 0.05 and 0.20, snapshots at steps 2 and 4):
+    the export as trained scores what the run scored at its last step (the same evaluation settings: EDM's own
+    fast sampler, not evaluate_fid.py's default); the exported
     weights are the best FID's EMA, equal to the snapshots weighted by the paper's least squares written out
     here; the trained export is kept, so a second call compares with it."""
     from safetensors.torch import load_file
 
+    from smallgen.reconstruction import find_snapshots, reconstruct
     from smallgen.reconstruction import main as reconstruct_ema
     from tests.helpers import run_training, tiny_args
 
     monkeypatch.setenv("SMALLGEN_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     results = run_training(tiny_args(sprites_dir, tiny_unet_config, run, inception_weights=inception.path,
-                                     evaluate_num_samples=4, num_evaluations=1, max_train_steps=4, use_ema=True,
+                                     model_type="edm", evaluate_num_samples=4, num_evaluations=1, max_train_steps=4,
+                                     use_ema=True,
                                      posthoc_ema=True, posthoc_ema_every=2, posthoc_ema_sigma_rels=[0.05, 0.2]))
     trained = _flat_weights(run)
     summary = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.03", "0.08", "0.15"])
@@ -200,6 +207,11 @@ def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(spri
     for i, exported in enumerate(_flat_weights(run)):
         expected = sum(w * snapshot[f"{sigma}/p{i}"].double() for w, (snapshot, sigma) in zip(weights, profiles))
         torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-6)
+    (early,) = reconstruct(*find_snapshots(str(run), 2), [0.08])  # step 2: from step 2's snapshot alone
+    weights = papers_coefficients([2, 2], gammas[:2], 2, phema.gamma_of(0.08))
+    for i in range(len(trained)):
+        expected = sum(w * snapshots[0][f"{sigma:.4f}/p{i}"].double() for w, sigma in zip(weights, (0.05, 0.2)))
+        torch.testing.assert_close(early[f"p{i}"].double(), expected, rtol=1e-5, atol=1e-6)
     kept = load_file(run / "posthoc-ema" / "trained-export.safetensors")
     assert all(torch.equal(kept[f"p{i}"].double(), w) for i, w in enumerate(trained))
     saved = json.loads((run / "results.json").read_text())
@@ -212,3 +224,55 @@ def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(spri
     assert again["trained"] == summary["trained"]  # scored from the kept trained export, not the replaced one
     assert again["rows"][0] == next(r for r in summary["rows"] if r["sigma_rel"] == 0.08)
     assert (run / "README.md").read_text().count("## Post-hoc EMA") == 1
+
+
+def test_reconstruct_ema_refuses_what_it_cannot_use(tmp_path, capsys):
+    """One clear line and exit status 2: no --run, a folder that is not a run, a run without --posthoc_ema; a
+    broken snapshot or a --step past the snapshots is named."""
+    from smallgen.errors import UserError
+    from smallgen.reconstruction import find_snapshots
+    from smallgen.reconstruction import main as reconstruct_ema
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for argv, message in (([], "pass --run"), (["--run", str(run)], "no training_args.json"),
+                          (["--run", str(run), "--sigma_rel", "0.3"], "--sigma_rel must be")):
+        with pytest.raises(SystemExit) as exit_:
+            reconstruct_ema(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    (run / "training_args.json").write_text(json.dumps({"model_type": "ddpm", "posthoc_ema": False}))
+    with pytest.raises(SystemExit):
+        reconstruct_ema(["--run", str(run)])
+    assert "trained without --posthoc_ema" in capsys.readouterr().err
+    with pytest.raises(UserError, match="holds no post-hoc EMA snapshots"):
+        find_snapshots(str(run), None)
+    ema = phema.PowerFunctionEMA([torch.zeros(3)])
+    ema.update([torch.ones(3)])
+    phema.save_snapshot(ema, str(run), 1)
+    with pytest.raises(UserError, match="cover steps 1 to 1"):
+        find_snapshots(str(run), 5)
+    (run / "posthoc-ema" / "step-00000002.safetensors").write_bytes(b"cut short")
+    with pytest.raises(UserError, match="step-00000002.safetensors is not a post-hoc EMA snapshot"):
+        find_snapshots(str(run), None)
+
+
+def test_the_tracked_profiles_are_a_list_flag_of_recipes_too(tmp_path):
+    """--posthoc_ema_sigma_rels on the command line or as a YAML list (each item checked); it needs
+    --posthoc_ema; the values must differ and stay in (0, 1/sqrt(12))."""
+    from smallgen.config import parse_args
+    from smallgen.errors import ConfigError
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("posthoc_ema: true\nposthoc_ema_sigma_rels: [0.04, 0.12]\n")
+    assert parse_args(["--config", str(recipe)])[2].posthoc_ema_sigma_rels == [0.04, 0.12]
+    assert parse_args(["--config", str(recipe), "--posthoc_ema_sigma_rels", "0.07"])[2].posthoc_ema_sigma_rels == [0.07]
+    for text, message in (("[0.04, fast]", "posthoc_ema_sigma_rels must be a number"),
+                          ("0.04", "posthoc_ema_sigma_rels must be a list")):
+        recipe.write_text(f"posthoc_ema: true\nposthoc_ema_sigma_rels: {text}\n")
+        with pytest.raises(ConfigError, match=message):
+            parse_args(["--config", str(recipe)])
+    for argv, message in ((["--posthoc_ema_sigma_rels", "0.07"], "needs --posthoc_ema"),
+                          (["--posthoc_ema", "--posthoc_ema_sigma_rels", "0.07", "0.07"], "must differ"),
+                          (["--posthoc_ema", "--posthoc_ema_sigma_rels", "0.3"], "must be above 0 and below")):
+        with pytest.raises(ConfigError, match=message):
+            parse_args(argv)
