@@ -36,8 +36,8 @@ def train(args, run_dir: Path) -> dict:
     if not (run_dir / "results.json").exists() or not (run_dir / "posthoc-ema").is_dir():
         run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "train_unconditional.py",
              "--config", args.config, "--max_train_minutes", str(args.minutes), "--output_dir", str(run_dir),
-             "--overwrite_output_dir", "--posthoc_ema", "--evaluate_num_samples", str(args.evaluate_num_samples),
-             *args.train_flag], run_dir.parent / "train.log")
+             "--overwrite_output_dir", "--posthoc_ema", "--evaluate_num_samples", str(args.evaluate_num_samples)],
+            run_dir.parent / "train.log")
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -89,7 +89,6 @@ def parse_args(argv=None):
     parser.add_argument("--evaluate_num_samples", type=int, default=100, help="Per evaluation while training.")
     parser.add_argument("--num_samples", type=int, default=400, help="Per EMA in the post-hoc comparison.")
     parser.add_argument("--sigma_rel", type=float, nargs="+", default=[0.02, 0.03, 0.05, 0.08, 0.12, 0.18, 0.25])
-    parser.add_argument("--train_flag", nargs="*", default=[], help="Extra training flags (tests).")
     parser.add_argument("--output_dir", default="results/posthoc-ema-cpu")
     return parser.parse_args(argv)
 
