@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from models.consistency import ConsistencyParameterization, ConsistencyTrainingLoss, pseudo_huber
 from smallgen.errors import ConfigError
@@ -78,6 +79,22 @@ def test_the_loss_is_ects_with_one_noise_and_no_gradient_through_the_target():
     assert scale.grad is not None and scale.grad != 0
 
 
+def test_the_default_huber_c_is_icts_for_the_image_size():
+    """--ct_huber_c unset: iCT's c = 0.00054 sqrt(d), d = 3 x 8 x 8 values here (0.0150 at 16 px): the loss
+    equals the one given that number."""
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+
+    def consistency(noisy, sigma):
+        return noisy * 0.7
+
+    default = ConsistencyTrainingLoss()(consistency, images, torch.Generator().manual_seed(3))
+    written_out = ConsistencyTrainingLoss(huber_c=0.00054 * (3 * 8 * 8) ** 0.5)(
+        consistency, images, torch.Generator().manual_seed(3))
+    assert torch.equal(default, written_out)
+    assert not torch.equal(default, ConsistencyTrainingLoss(huber_c=0.00054)(
+        consistency, images, torch.Generator().manual_seed(3)))  # the constant matters at this scale
+
+
 def test_each_stage_shrinks_the_gap_and_r_stays_in_range():
     loss = ConsistencyTrainingLoss()
     t = torch.tensor([0.002, 0.01, 0.5, 2.0, 80.0])
@@ -138,10 +155,10 @@ def test_multistep_sampling_is_song_algorithm_1(tiny_unet, steps, indices):
 
 @pytest.fixture(scope="module")
 def edm_run(sprites_dir, tiny_unet_config, tmp_path_factory):
-    """A finished tiny EDM run (with an EMA) to tune from."""
+    """A finished tiny EDM run (with an EMA) to tune from; its last checkpoint holds the raw weights."""
     out = tmp_path_factory.mktemp("edm") / "run"
     run_training(tiny_args(sprites_dir, tiny_unet_config, out, model_type="edm", max_train_steps=3, use_ema=True,
-                           ema_max_decay=0.5, checkpointing_steps=100))
+                           ema_max_decay=0.5, checkpointing_steps=3))
     return out
 
 
@@ -155,6 +172,8 @@ def test_tuning_starts_from_the_edm_runs_exported_unet(sprites_dir, edm_run, tmp
                                                                               init_from=edm_run)]))
     teacher = UNet2DModel.from_pretrained(edm_run, subfolder="unet").state_dict()
     assert all(torch.equal(value, teacher[key]) for key, value in objective.unet.state_dict().items())
+    raw = load_file(edm_run / "checkpoint-3" / "unet.safetensors")  # the trained weights, not the EMA exported
+    assert any(not torch.equal(value, raw[key]) for key, value in objective.unet.state_dict().items())
     assert objective.unet.config.dropout == 0.1  # the teacher's network, not a default one
 
 

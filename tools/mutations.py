@@ -537,6 +537,23 @@ MUTATIONS = [
       [("PowerFunctionEMA(self.trained_parameters(), sigma_rels=args.posthoc_ema_sigma_rels)",
         "PowerFunctionEMA(self.trained_parameters())")],
       ["tests/test_posthoc_ema.py::test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best"]),
+    m("ct-huber-c-without-sqrt-d", "the default pseudo-Huber c is iCT's 0.00054 sqrt(d)", "models/consistency.py",
+      [("    return 0.00054 * images[0].numel() ** 0.5", "    return 0.00054")],
+      ["tests/test_consistency.py::test_the_default_huber_c_is_icts_for_the_image_size"]),
+    m("init-from-latest-checkpoint", "--init_from starts from the run's exported (EMA) UNet, not its last checkpoint",
+      "smallgen/objectives/consistency.py",
+      [("""        return UNet2DModel.from_pretrained(init_folder(self.model_args.init_from), subfolder="unet",
+                                           use_safetensors=True)""",
+        """        import glob
+
+        from safetensors.torch import load_file
+
+        unet = UNet2DModel.from_pretrained(init_folder(self.model_args.init_from), subfolder="unet",
+                                           use_safetensors=True)
+        latest = sorted(glob.glob(os.path.join(self.model_args.init_from, "checkpoint-*")))[-1]
+        unet.load_state_dict(load_file(os.path.join(latest, "unet.safetensors")))
+        return unet""")],
+      ["tests/test_consistency.py::test_tuning_starts_from_the_edm_runs_exported_unet"]),
     m("precision-recall-swapped", "precision is the share of samples near the reference, recall the reverse",
       "smallgen/scores.py",
       [('"precision": float(prc["precision"]), "recall": float(prc["recall"])}',
