@@ -1,6 +1,7 @@
 """VAE, DCGAN and VAE-GAN: networks, losses, training through train_unconditional.py, export, resume."""
 
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -87,6 +88,11 @@ def test_train_export_and_reload_identical_samples(sprites_dir, tmp_path, model_
     c = own(batch_size=3, generator=torch.Generator().manual_seed(6), output_type="np").images
     assert a.shape == (3, 16, 16, 3) and 0 <= a.min() and a.max() <= 1
     assert (a == b).all() and not (a == c).all()
+    network = getattr(own, component)
+    z = torch.randn((3, network.config.latent_dim), generator=torch.Generator().manual_seed(5))  # N(0, I)
+    with torch.no_grad():
+        decoded = network.decode(z) if component == "vae" else network(z)
+    np.testing.assert_allclose(a, (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), atol=1e-6)
     assert len(own(batch_size=2).images) == 2  # PIL by default, like DDPMPipeline
     metrics = [line for line in (out / "metrics.jsonl").read_text().splitlines() if "_loss" in line]
     expected = {"vae": ["recon_loss", "kl_loss", "val_loss"], "dcgan": ["d_loss", "g_loss"],

@@ -387,3 +387,28 @@ def test_evaluate_fids_seed_and_eta_reach_the_samples(tiny_pipeline, tmp_path):
     theirs = ddim(batch_size=3, generator=image_generators(5, range(3), "cpu"), num_inference_steps=4, eta=1.0,
                   output_type="np").images
     assert torch.equal(noisy, to_uint8(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1))
+
+
+def _precision_recall_written_out(samples, reference, k):
+    """Kynkäänniemi et al. 2019: a point is covered by a set when it lies within the distance of some member
+    to that member's k-th nearest neighbour in the set (itself not counted)."""
+    def radii(points):
+        return torch.cdist(points, points).sort(dim=1).values[:, k]  # column 0 is the point itself
+
+    def covered(points, by):
+        return (torch.cdist(points, by) <= radii(by)[None, :]).any(dim=1).double().mean().item()
+
+    return covered(samples, reference), covered(reference, samples)
+
+
+def test_precision_and_recall_use_three_nearest_neighbours():
+    """On two overlapping Gaussian clouds the neighbourhood size moves both numbers; ours are k = 3's."""
+    from smallgen.scores import metrics_from_features
+
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(60, 16, generator=generator, dtype=torch.float64)
+    samples = 0.8 * torch.randn(50, 16, generator=generator, dtype=torch.float64) + 1.0
+    ours = metrics_from_features(samples, reference, kid_subset_size=50)
+    expected = {k: _precision_recall_written_out(samples, reference, k) for k in (2, 3, 4)}
+    assert len({precision for precision, _ in expected.values()}) == 3  # k is seen (0.30, 0.44, 0.48)
+    assert (ours["precision"], ours["recall"]) == pytest.approx(expected[3], abs=1e-6)

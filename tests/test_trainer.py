@@ -33,6 +33,14 @@ def test_tiny_run_writes_a_loadable_pipeline(sprites_dir, tiny_unet_config, tmp_
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "samples/epoch_0001_ddim.png" in card
     assert f'DiffusionPipeline.from_pretrained("{out}")' in card  # loads what was trained
+    table = card.split("| metric | value |\n|---|---|\n")[1].split("\n\n")[0]
+    rows = dict(line.strip("|").split(" | ") for line in table.splitlines())
+    saved = json.loads((out / "results.json").read_text())
+    assert {k.strip() for k in rows} == {k for k, v in saved.items() if v is not None}  # the run's metrics, each
+    for key, value in rows.items():
+        expected = saved[key.strip()]
+        assert (float(value) == pytest.approx(expected, rel=1e-5) if isinstance(expected, (int, float))
+                else value.strip() == str(expected)), key
 
     from diffusers import DDIMPipeline, DDPMPipeline, DiffusionPipeline
 
