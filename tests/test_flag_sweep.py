@@ -30,3 +30,5 @@ def test_a_flag_reset_to_its_default_is_seen_by_its_test(tmp_path, capsys):
     code = flag_sweep.main(["--only", "random_flip", "--output_json", str(output)])
     assert "seen     --random_flip" in capsys.readouterr().out and code == 0
     assert '"verdict": "seen"' in output.read_text()
+    assert '"seen_by": "tests/test_flags.py::test_random_flip_mirrors_about_half_the_training_images_left_right"' \
+        in output.read_text()

@@ -92,12 +92,12 @@ def sweep(tree: Path, flag: str, tests: list[str], timeout: int) -> tuple[str, s
         return "no test", ""
     os.environ[SWEPT] = flag
     try:
-        code, output = run_tests(tree, tuple(tests), timeout)
+        code, output = run_tests(tree, ("-rf", *tests), timeout)  # -rf: the summary names the failed test
     finally:
         del os.environ[SWEPT]
     if code == 1:
         failed = re.findall(r"FAILED (\S+)", output)
-        return "seen", failed[0].split(" ")[0] if failed else "?"
+        return "seen", failed[0] if failed else "?"
     return ("unseen", "") if code == 0 else ("error", output[-300:])
 
 
