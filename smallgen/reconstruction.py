@@ -34,6 +34,9 @@ RESULTS = "reconstruction.json"  # in posthoc-ema/
 PLOT = "posthoc-ema.png"  # in the run folder (the model card shows it)
 SCORES = ("fid", "kid_mean", "kid_std", "precision", "recall")
 SELECT = {"fid": "fid", "kid": "kid_mean"}
+DESCRIPTION = """Choose a run's EMA length after training: rebuild post-hoc EMAs of each --sigma_rel from the snapshots
+of a run trained with --posthoc_ema, score each as the run scores itself (beside the export as trained),
+plot them and export the best over the run's pipeline."""
 
 
 @dataclass
@@ -278,7 +281,7 @@ def reconstruct_run(args: ReconstructionArguments, say=print) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> ReconstructionArguments:
-    parser = build_parser([ReconstructionArguments], __doc__.split("\n\n")[0], ["run", "scores", "output"])
+    parser = build_parser([ReconstructionArguments], DESCRIPTION, ["run", "scores", "output"])
     (args,) = parse_into(parser, argv)
     return args
 

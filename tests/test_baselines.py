@@ -35,8 +35,8 @@ def test_networks_reject_other_resolutions(resolution):
         ConvDecoder(resolution)
 
 
-@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
-def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
+def _objective(model_type, **model_flags):
+    """A baseline objective of 8 channels and 16 latents on 16 px images, set up on the CPU."""
     from types import SimpleNamespace
 
     from accelerate import Accelerator
@@ -44,17 +44,38 @@ def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
 
     from smallgen.config import ModelArguments
     from smallgen.objectives import objective_class
-    from smallgen.objectives.base import MicroBatch
 
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.manual_seed(0)
-    model_args = ModelArguments(model_type=model_type, latent_dim=16, base_channels=8)
+    model_args = ModelArguments(model_type=model_type, latent_dim=16, base_channels=8, **model_flags)
     train_args = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.5, adam_beta2=0.999, adam_epsilon=1e-8,
                                  adam_weight_decay=0.0, max_grad_norm=None, eval_batch_size=8, lr_scheduler="constant",
                                  lr_warmup_steps=0, gradient_accumulation_steps=1, use_ema=False,
                                  channels_last=False, torch_compile=False)
     objective = objective_class(model_type)(SimpleNamespace(resolution=16), model_args, train_args)
     objective.setup(Accelerator(cpu=True), max_train_steps=60)
+    return objective
+
+
+def test_kl_and_adversarial_weights_weigh_their_terms():
+    """--kl_weight and --adversarial_weight: the step's loss is recon + kl_weight KL (+ adversarial_weight times
+    the generator's GAN loss), from the terms the step reports."""
+    from smallgen.objectives.base import MicroBatch
+
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    vae = _objective("vae", kl_weight=0.3).train_step([MicroBatch(images, torch.Generator().manual_seed(0))])
+    assert vae["train_loss"].item() == pytest.approx(vae["recon_loss"].item() + 0.3 * vae["kl_loss"].item(), rel=1e-5)
+    both = _objective("vaegan", kl_weight=0.3, adversarial_weight=0.7).train_step(
+        [MicroBatch(images, torch.Generator().manual_seed(0))])
+    assert both["train_loss"].item() == pytest.approx(
+        both["recon_loss"].item() + 0.3 * both["kl_loss"].item() + 0.7 * both["g_loss"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["vae", "dcgan", "vaegan"])
+def test_losses_finite_and_decreasing_on_a_fixed_batch(model_type):
+    from smallgen.objectives.base import MicroBatch
+
+    objective = _objective(model_type)
     coarse = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
     images = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear")  # learnable structure
     # The quantity each update minimises, on a fixed batch: the VAE's loss; a GAN's discriminator loss.
@@ -89,6 +110,7 @@ def test_train_export_and_reload_identical_samples(sprites_dir, tmp_path, model_
     assert a.shape == (3, 16, 16, 3) and 0 <= a.min() and a.max() <= 1
     assert (a == b).all() and not (a == c).all()
     network = getattr(own, component)
+    assert network.config.latent_dim == 16 and network.config.base_channels == 8  # --latent_dim, --base_channels
     z = torch.randn((3, network.config.latent_dim), generator=torch.Generator().manual_seed(5))  # N(0, I)
     with torch.no_grad():
         decoded = network.decode(z) if component == "vae" else network(z)

@@ -244,9 +244,10 @@ def test_consistency_flags_are_checked_and_only_consistency_takes_them(sprites_d
     from smallgen.config import ModelArguments, parse_args
     from smallgen.trainer import build_objective
 
-    argv = consistency_args(sprites_dir, tmp_path / "x", ct_p_mean=-0.8, ct_gap_decay=2.0, ct_huber_c=0.01)
+    argv = consistency_args(sprites_dir, tmp_path / "x", ct_p_mean=-0.8, ct_p_std=1.7, ct_gap_decay=2.0,
+                            ct_huber_c=0.01)
     loss = build_objective(*parse_args([str(a) for a in argv])).loss
-    assert (loss.p_mean, loss.p_std, loss.gap_decay, loss.huber_c) == (-0.8, 2.0, 2.0, 0.01)
+    assert (loss.p_mean, loss.p_std, loss.gap_decay, loss.huber_c) == (-0.8, 1.7, 2.0, 0.01)
     with pytest.raises(ConfigError, match="--ct_stages must be at least 1; got 0"):
         ModelArguments(model_type="consistency", ct_stages=0)
     with pytest.raises(ConfigError, match="--init_from applies to --model_type consistency, not edm"):

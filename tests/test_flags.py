@@ -40,10 +40,13 @@ def test_adam_weight_decay_reaches_every_optimizer(sprites_dir, tiny_unet_config
     from smallgen.trainer import build_objective
 
     extra = {} if model_type == "ddpm" else dict(model_type="dcgan", model_config_name_or_path=None, base_channels=8)
-    objective = build_objective(*_parsed(sprites_dir, tiny_unet_config, tmp_path, adam_weight_decay=0.123, **extra))
+    objective = build_objective(*_parsed(sprites_dir, tiny_unet_config, tmp_path, adam_weight_decay=0.123,
+                                         adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, **extra))
     objective.accelerator = CPU  # what make_optimizers reads of it: the device
     optimizers = objective.make_optimizers()
-    assert optimizers and all(group["weight_decay"] == 0.123 for o in optimizers.values() for group in o.param_groups)
+    groups = [group for o in optimizers.values() for group in o.param_groups]
+    assert groups and all(group["weight_decay"] == 0.123 for group in groups)
+    assert all(group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6 for group in groups)  # --adam_beta1/2, _epsilon
     if model_type == "ddpm":  # decoupled, as the flag's help says
         assert all(isinstance(o, torch.optim.AdamW) for o in optimizers.values())
 
@@ -72,3 +75,64 @@ def test_gradient_clipping_bounds_the_first_update(sprites_dir, tiny_unet_config
         objective.train_step([MicroBatch(images, torch.Generator().manual_seed(1))])
         moved[norm] = sum((p.detach() - b).abs().sum().item() for p, b in zip(objective.trained_parameters(), before))
     assert 0 < moved[1e-12] < 0.01 * moved[0], moved
+
+
+def test_the_beta_range_and_variance_type_reach_the_loss_and_the_exported_scheduler(sprites_dir, tiny_unet_config,
+                                                                                     tmp_path):
+    """--beta_start, --beta_end: the training schedule's first and last beta (linear) and the exported
+    scheduler's; --variance_type: the exported DDPMScheduler's."""
+    from smallgen.trainer import build_objective
+
+    objective = build_objective(*_parsed(sprites_dir, tiny_unet_config, tmp_path, beta_start=2e-4, beta_end=0.03,
+                                         ddpm_beta_schedule="linear", variance_type="fixed_large"))
+    betas = objective.loss.schedule.betas
+    assert betas[0].item() == pytest.approx(2e-4) and betas[-1].item() == pytest.approx(0.03)
+    objective.accelerator = SimpleNamespace(**vars(CPU), unwrap_model=lambda network: network)
+    config = objective.make_pipeline("cpu").scheduler.config
+    assert (config.beta_start, config.beta_end, config.variance_type) == (2e-4, 0.03, "fixed_large")
+
+
+def test_max_dataset_bytes_decides_whether_the_images_live_on_the_device(sprites_dir, tiny_unet_config, tmp_path):
+    """--dataset_on_device auto: 36 images of 3 x 16 x 16 bytes fit in the default budget, not in 1,000 bytes;
+    no: never on the device; yes: always."""
+    from smallgen.data import ImageFeeder, load_image_datasets
+
+    for flags, on_device in (({}, True), ({"max_dataset_bytes": 1000}, False), ({"dataset_on_device": "no"}, False),
+                             ({"dataset_on_device": "yes", "max_dataset_bytes": 1000}, True)):
+        data_args, _, train_args = _parsed(sprites_dir, tiny_unet_config, tmp_path, **flags)
+        data = load_image_datasets(data_args)
+        assert ImageFeeder(data.train, data.image_column, data_args, train_args, CPU).on_device is on_device
+
+
+def test_ddim_eta_reaches_the_grids_ddim_sampler(sprites_dir, tiny_unet_config, tmp_path):
+    from smallgen.trainer import build_objective
+
+    objective = build_objective(*_parsed(sprites_dir, tiny_unet_config, tmp_path, ddim_eta=0.4))
+    assert objective.grid_samplers()["ddim"][2] == {"eta": 0.4}
+
+
+def test_logger_logging_dir_and_logging_steps_decide_what_is_logged_where(sprites_dir, tiny_unet_config, tmp_path):
+    """--logger tensorboard writes events under --logging_dir, --logger none writes none; --logging_steps 2
+    over 4 steps logs the training loss at steps 2 and 4."""
+    import json
+
+    from tests.helpers import run_training
+
+    out, quiet = tmp_path / "run", tmp_path / "quiet"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=4, logger="tensorboard",
+                           logging_dir="board", logging_steps=2))
+    assert list((out / "board").rglob("events.out.tfevents.*")) and not (out / "logs").exists()
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in logged if "train_loss" in record] == [2, 4]
+    run_training(tiny_args(sprites_dir, tiny_unet_config, quiet, max_train_steps=1, logger="none"))
+    assert not list(quiet.rglob("events.out.tfevents.*"))
+
+
+def test_cache_dir_holds_what_datasets_prepares(tmp_path):
+    """--cache_dir: the datasets library prepares a local parquet dataset in it (not in ~/.cache)."""
+    from smallgen.config import DataArguments
+    from smallgen.data import load_image_datasets
+    from tests.conftest import SAMPLE_CIFAR10
+
+    load_image_datasets(DataArguments(dataset_name=str(SAMPLE_CIFAR10), resolution=16, cache_dir=str(tmp_path / "hf")))
+    assert list((tmp_path / "hf").rglob("*.arrow"))

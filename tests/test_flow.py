@@ -209,6 +209,8 @@ def test_flow_flags_are_checked_reach_the_loss_and_only_flow_takes_them(sprites_
                      flow_logit_mean=-0.4, flow_logit_std=0.8)
     loss = build_objective(*parse_args([str(a) for a in argv])).loss
     assert (loss.density, loss.logit_mean, loss.logit_std) == ("logit_normal", -0.4, 0.8)
+    argv = flow_args(sprites_dir, tiny_unet_config, tmp_path / "x", flow_timestep_density="mode", flow_mode_scale=0.9)
+    assert build_objective(*parse_args([str(a) for a in argv])).loss.mode_scale == 0.9
 
     assert ModelArguments(model_type="flow", flow_timestep_density="logit_normal").flow_logit_std == 1.0
     with pytest.raises(ConfigError, match="--flow_timestep_density must be one of uniform, logit_normal, mode"):

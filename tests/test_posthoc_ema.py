@@ -225,6 +225,15 @@ def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(spri
     assert again["rows"][0] == next(r for r in summary["rows"] if r["sigma_rel"] == 0.08)
     assert (run / "README.md").read_text().count("## Post-hoc EMA") == 1
 
+    from smallgen import reconstruction
+
+    scripted = iter([(3.0, 0.1), (1.0, 0.3), (2.0, 0.2), (5.0, 0.5)])  # FID and KID disagree on the best
+    monkeypatch.setattr(reconstruction, "score", lambda pipeline, folder, evaluation: dict(
+        zip(("fid", "kid_mean", "kid_std", "precision", "recall"), (*next(scripted), 0.0, 0.5, 0.5))))
+    by_kid = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.03", "0.08", "0.15", "--select", "kid",
+                              "--no_export"])
+    assert by_kid["chosen"]["sigma_rel"] == 0.03 and by_kid["trained"]["fid"] == 5.0
+
 
 def test_reconstruct_ema_refuses_what_it_cannot_use(tmp_path, capsys):
     """One clear line and exit status 2: no --run, a folder that is not a run, a run without --posthoc_ema; a

@@ -114,8 +114,9 @@ def test_report_command_writes_table_and_figures(tmp_path):
                     "num_samples": 10, "num_reference": 10, "images_per_second": 900.0, "device": "cpu"})
     fid.write_text(json.dumps({"results": results}))
     path = main(["--runs", str(ddpm), str(gan), "--fid", str(fid), "--output_dir", str(tmp_path / "report"),
-                 "--reverse_steps_ddpm", "5", "--reverse_steps_ddim", "3"])
+                 "--reverse_steps_ddpm", "5", "--reverse_steps_ddim", "3", "--title", "Tiny runs compared"])
     report = open(path).read()
+    assert report.startswith("# Tiny runs compared\n")  # --title
     assert "| tiny-ddpm | ddpm | linear T=100 | ddim | 5 | 300.50 |" in report
     assert "| tiny-dcgan | dcgan | – | – | – | 199.75 |" in report
     figures = tmp_path / "report" / "figures"

@@ -30,6 +30,10 @@ def test_tiny_run_writes_a_loadable_pipeline(sprites_dir, tiny_unet_config, tmp_
     assert not list(out.rglob("*.bin")) or all("checkpoint-" in str(p) for p in out.rglob("*.bin"))
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "epoch_0000_ddim.png", "epoch_0000_ddpm.png", "epoch_0001_ddim.png", "epoch_0001_ddpm.png"]
+    from PIL import Image
+
+    side = 8 * (2 * 16 + 3 * 2)  # --num_sample_images 4: 2 x 2 images of 16 px, 2 px apart, drawn 8 times larger
+    assert Image.open(out / "samples" / "epoch_0001_ddim.png").size == (side, side)
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "samples/epoch_0001_ddim.png" in card
     assert f'DiffusionPipeline.from_pretrained("{out}")' in card  # loads what was trained
@@ -177,3 +181,9 @@ def test_the_ema_warm_up_follows_its_flags(sprites_dir, tiny_unet_config, tmp_pa
     objective.setup(Accelerator(cpu=True), max_train_steps=10)
     # EMAModel's decay at optimization step s counts s - 1 updates
     assert objective.ema.get_decay(9) == pytest.approx(1 - (1 + 8 / 2.0) ** -0.5)
+    # --no_ema_warmup: diffusers' (1 + s) / (10 + s); --ema_max_decay caps either
+    argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "x", use_ema=True, no_ema_warmup=True, ema_max_decay=0.5)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    objective = build_objective(*parse_args([str(a) for a in argv]))
+    objective.setup(Accelerator(cpu=True), max_train_steps=10)
+    assert objective.ema.get_decay(7) == pytest.approx(7 / 16) and objective.ema.get_decay(100) == 0.5

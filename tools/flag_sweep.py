@@ -101,6 +101,13 @@ def sweep(tree: Path, flag: str, tests: list[str], timeout: int) -> tuple[str, s
     return ("unseen", "") if code == 0 else ("error", output[-300:])
 
 
+def save_rows(output: Path, earlier: dict, rows: list[dict], names: list[str]) -> None:
+    """This sweep's rows over an earlier sweep's (``--only`` sweeps again some flags), in flag order."""
+    merged = {**earlier, **{row["flag"]: row for row in rows}}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps([merged[name] for name in names if name in merged], indent=2) + "\n")
+
+
 def claims_table(rows: list[dict]) -> str:
     lines = ["| flag | verdict | the test that saw it reset to its default |", "|---|---|---|"]
     for row in rows:
@@ -135,6 +142,8 @@ def main(argv=None) -> int:
         for name, tests in chosen.items():
             print(f"--{name:32s} {', '.join(t.split('::')[1] for t in tests) or '(no test sets it)'}")
         return 0
+    output = Path(args.output_json)
+    earlier = {row["flag"]: row for row in json.loads(output.read_text())} if output.exists() and args.only else {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="smallgen-flag-sweep-") as folder:
         tree = Path(folder)
@@ -150,10 +159,9 @@ def main(argv=None) -> int:
             rows.append({"flag": name, "verdict": verdict, "seen_by": detail if verdict == "seen" else None,
                          "tests": tests})
             print(f"{verdict:8s} --{name:32s} {time.perf_counter() - start:6.1f}s  {detail}", flush=True)
-            Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output_json).write_text(json.dumps(rows, indent=2) + "\n")  # after each: a long sweep keeps its rows
+            save_rows(output, earlier, rows, names)  # after each flag: a long sweep keeps what it found
     if args.write_claims:
-        write_claims(rows)
+        write_claims(json.loads(output.read_text()))
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("seen", "unseen", "no test", "error")}
     print(", ".join(f"{n} {v}" for v, n in counts.items()))
     return 0 if counts["seen"] == len(rows) else 1
