@@ -57,6 +57,13 @@ def _objective(model_type, **model_flags):
     return objective
 
 
+def test_latent_dim_and_base_channels_size_the_baselines():
+    """--latent_dim 16 and --base_channels 8 (not 100 and 64): the generator's input and first width."""
+    generator = _objective("dcgan").networks["generator"]
+    assert generator.config.latent_dim == 16 and generator.config.base_channels == 8
+    assert generator(torch.randn(2, 16)).shape == (2, 3, 16, 16)
+
+
 def test_kl_and_adversarial_weights_weigh_their_terms():
     """--kl_weight and --adversarial_weight: the step's loss is recon + kl_weight KL (+ adversarial_weight times
     the generator's GAN loss), from the terms the step reports."""

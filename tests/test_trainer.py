@@ -181,7 +181,7 @@ def test_the_ema_warm_up_follows_its_flags(sprites_dir, tiny_unet_config, tmp_pa
     objective.setup(Accelerator(cpu=True), max_train_steps=10)
     # EMAModel's decay at optimization step s counts s - 1 updates
     assert objective.ema.get_decay(9) == pytest.approx(1 - (1 + 8 / 2.0) ** -0.5)
-    # --no_ema_warmup: diffusers' (1 + s) / (10 + s); --ema_max_decay caps either
+    # --ema_warmup off (--no_ema_warmup): diffusers' (1 + s) / (10 + s); --ema_max_decay caps either
     argv = tiny_args(sprites_dir, tiny_unet_config, tmp_path / "x", use_ema=True, no_ema_warmup=True, ema_max_decay=0.5)
     AcceleratorState._reset_state(reset_partial_state=True)
     objective = build_objective(*parse_args([str(a) for a in argv]))
