@@ -25,6 +25,7 @@ from smallgen.sample_sources import (
     evaluation_device,
     generate,
     is_diffusion_pipeline,
+    leave_process_group,
     load_source,
     main_process_first,
     processes,
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             return []
         write = (lambda results: write_results(args.output_json, args, results)) if args.output_json else None
         results = evaluate(args, on_result=write)
+        leave_process_group()
         if args.markdown and results:  # the main process's (the others score nothing)
             print(markdown_table(results))
         return results

@@ -229,6 +229,31 @@ def test_dpmsolver_and_ddpm_samplers_run(tiny_pipeline, tmp_path, inception):
         assert torch.equal(images, generate(sampling, args, 3, torch.device("cpu")))
 
 
+def test_every_process_waits_for_the_scores_then_leaves_the_group(monkeypatch):
+    """A second process that exits while the main one scores can abort in gloo's teardown (1 run in 3 on
+    this machine, so the two-process test below alone would catch its loss only sometimes): evaluate_fid
+    waits for every process, then leaves the group, after the scores."""
+    import smallgen.evaluation as evaluation
+    import smallgen.sample_sources as sample_sources
+
+    calls = []
+
+    class SecondProcess:
+        process_index, num_processes = 1, 2
+
+        def wait_for_everyone(self):
+            calls.append("wait")
+
+        def destroy_process_group(self):
+            calls.append("leave")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sample_sources, "_process_state", SecondProcess)
+    monkeypatch.setattr(evaluation, "evaluate", lambda args, on_result=None: calls.append("score") or [])
+    evaluation.main(["--pipeline", "p", "--dataset_name", "d"])
+    assert calls == ["score", "wait", "leave"]
+
+
 def test_two_processes_draw_the_same_samples_and_score_the_same_fid(tiny_pipeline, tmp_path, inception):
     """accelerate launch with 2 CPU processes: each draws its share of the image indices (4 and 3 of 7,
     a stochastic sampler), the main process scores them all; PNGs bit for bit and FID as one process."""
