@@ -1,9 +1,11 @@
-"""``--max_train_minutes``: a time budget turned into a fixed number of optimizer steps.
+"""``--max_train_minutes``: a time budget turned into a number of optimizer steps.
 
-A fixed count keeps runs reproducible: the lr schedule spans exactly those steps, the count is
-stored in every checkpoint, and a resumed run is exact. The count comes from timing a few real
-steps on the real objective; afterwards every weight and every optimizer, EMA, lr-schedule and
-grad-scaler state is put back, so the run that follows equals ``--max_train_steps N`` bit for bit.
+The first count comes from timing a few real steps on the real objective; afterwards every weight
+and every optimizer, EMA, lr-schedule and grad-scaler state is put back, so a run whose count
+stands equals ``--max_train_steps N`` bit for bit. Then REPLANS times over the run the count is
+re-planned from the loop's own pace (the slowest process's, the same count on every process), and
+the lr schedules stretch what is left of them over the steps left (``RunPlan.schedule_position``).
+Every count is stored in each checkpoint with the schedules' position: a resumed run goes on from it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ DEFAULT_EVALUATIONS = 10  # scores while training without a budget, --evaluate_e
 WARM_UP_STEPS = 10  # compilation, allocator warm-up, cuDNN autotuning: not representative
 PROBE_STEPS = 3  # timed to choose how many steps fill the timing's share
 TIMED_WINDOWS = 5  # the timing's share split into windows: their median is the step time
+REPLANS = 20  # then the count is re-planned this many times over the run, from the loop's own pace
 MAX_TIMING_SECONDS = 60.0
 TIMING_SHARE = 0.1  # at most this share of the budget is spent timing (off the clock)
 
@@ -71,6 +74,16 @@ def seconds_per_step(run_step, budget_seconds: float, slowest=lambda seconds: se
 def steps_in_budget(minutes: float, step_seconds: float, cap: int | None) -> int:
     """Whole steps that fit in ``minutes`` (at least one), capped by ``--max_train_steps``."""
     steps = max(1, int(minutes * 60 / step_seconds))
+    return min(steps, cap) if cap else steps
+
+
+def replanned_steps(global_step: int, clock_seconds: float, recent_seconds: float, recent_steps: int,
+                    budget_seconds: float, cap: int | None) -> int:
+    """Whole steps that fill the budget from where a run stands: ``global_step`` steps done in
+    ``clock_seconds``, the last ``recent_steps`` of them in ``recent_seconds`` (the pace now: this
+    machine's speed drifts by 10% within minutes, which a count fixed before the run cannot follow)."""
+    pace = max(recent_seconds / max(recent_steps, 1), 1e-9)
+    steps = global_step + max(0, int((budget_seconds - clock_seconds) / pace))
     return min(steps, cap) if cap else steps
 
 

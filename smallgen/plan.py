@@ -28,6 +28,11 @@ class RunPlan:
     grid_every: int  # epochs between rounds of sample grids
     grid_images: int  # images per grid
     evaluate_every: int = 0  # optimizer steps between scores while training (0: none; the last step always)
+    # a time budget's count follows the steps' own clock: re-planned every replan_every steps (0: never)
+    planned_steps: int = 0  # the count the lr schedules were made for (0: max_train_steps)
+    replan_every: int = 0
+    replanned_at: int = 0  # the step of the last re-plan that changed the count,
+    position_micro: int = 0  # and where the lr schedules stood then, in millionths of a step
 
     def last_epoch(self, epoch: int, global_step: int) -> bool:
         return epoch == self.num_epochs - 1 or global_step >= self.max_train_steps
@@ -48,6 +53,27 @@ class RunPlan:
     def evaluates(self, global_step: int) -> bool:
         every = self.evaluate_every
         return bool(every) and (global_step % every == 0 or global_step == self.max_train_steps)
+
+    def replans(self, global_step: int) -> bool:
+        return bool(self.replan_every) and global_step % self.replan_every == 0 and global_step < self.max_train_steps
+
+    def schedule_position(self, global_step: int) -> float:
+        """Where the lr schedules, made for ``planned_steps``, stand at ``global_step``. After a re-plan the
+        steps left are stretched over what was left of the schedules: the lr goes on from where it was and
+        ends where it would have (0 for cosine). Without one, the step itself (bit for bit)."""
+        planned = self.planned_steps or self.max_train_steps
+        if self.max_train_steps == planned and self.position_micro == self.replanned_at * 10**6:
+            return global_step
+        start, left = self.position_micro / 10**6, self.max_train_steps - self.replanned_at
+        return planned if left <= 0 else start + (global_step - self.replanned_at) * (planned - start) / left
+
+    def replanned(self, global_step: int, steps: int) -> "RunPlan":
+        """This plan with ``steps`` optimizer steps in all, re-planned at ``global_step``."""
+        if steps == self.max_train_steps:
+            return self
+        return dataclasses.replace(self, max_train_steps=steps, num_epochs=math.ceil(steps / self.steps_per_epoch),
+                                   replanned_at=global_step,
+                                   position_micro=round(self.schedule_position(global_step) * 10**6))
 
     def evaluations(self, first_step: int) -> int:
         """Scores while training after ``first_step``."""

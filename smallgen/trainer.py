@@ -103,14 +103,18 @@ class Trainer:
         if plan is None:
             return self.finished_already()
         self.open_logs()
+        epoch = self.global_step // plan.steps_per_epoch
         with StopSignals(accelerator) as stop:
-            for epoch in range(self.global_step // plan.steps_per_epoch, plan.num_epochs):
+            while epoch < self.plan.num_epochs:  # a time budget's re-plan may move the end
+                plan = self.plan
                 self.objective.train_mode(True)
-                done_in_epoch = self.global_step - epoch * plan.steps_per_epoch
-                batches = self.feeder.epoch(epoch, done_in_epoch * self.accumulation)
-                for _ in range(min(plan.steps_per_epoch - done_in_epoch, plan.max_train_steps - self.global_step)):
+                batches = self.feeder.epoch(epoch, (self.global_step - epoch * plan.steps_per_epoch) * self.accumulation)
+                while self.global_step < min((epoch + 1) * plan.steps_per_epoch, plan.max_train_steps):
                     # step: one optimizer step over --gradient_accumulation_steps micro-batches
                     self.train_one_step(batches)
+                    # re-plan: a time budget's count follows the loop's pace (the same on every process)
+                    if plan.replans(self.global_step):
+                        plan = self.replan()
                     # log: read the summed losses (the one host sync) and check them finite
                     if plan.logs(self.global_step):
                         self.log_training(epoch)
@@ -136,6 +140,7 @@ class Trainer:
                     with self.writing("the sample grids"):
                         self.save_sample_grids(f"epoch_{epoch:04d}")
                 accelerator.wait_for_everyone()
+                epoch += 1
         self.progress_bar.close()
         # export: the pipeline, results.json and the model card (smallgen/export.py)
         return self.finish()
@@ -151,7 +156,8 @@ class Trainer:
         accelerator.print(f"model: {self.objective.name}, {self.objective.describe()}")
         if args.max_train_minutes:  # the lr schedules span the budget's steps (before a checkpoint restores them)
             self.max_train_steps = state.get("max_train_steps") or self.time_the_budget()
-            self.objective.make_schedules(self.max_train_steps)
+            self.objective.make_schedules(state.get("plan", {}).get("planned_steps") or self.max_train_steps)
+            self.schedules_follow_the_plan()
             if state:
                 accelerator.print(f"time budget {args.max_train_minutes:g} min: {self.max_train_steps} optimizer "
                                   f"steps, as planned in {self.resume_path}")
@@ -194,6 +200,33 @@ class Trainer:
                           f"({1000 * step_seconds:.1f} ms a step, timed in {self.timing_seconds:.1f} s and undone)")
         return steps
 
+    def schedules_follow_the_plan(self) -> None:
+        """The lr schedules read their step through the plan, which a re-plan stretches."""
+        for scheduler in self.objective.lr_schedulers.values():
+            scheduler.lr_lambdas = [lambda step, at=schedule: at(self.plan.schedule_position(step) if self.plan else step)
+                                    for schedule in scheduler.lr_lambdas]
+
+    def replan(self) -> RunPlan:
+        """--max_train_minutes: the steps that fill what is left of the budget at the pace since the last
+        re-plan, both the slowest process's (reduced, so every process computes the same count)."""
+        from smallgen.budget import replanned_steps
+
+        started = time.perf_counter()
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()  # the steps queued so far belong to the clock
+        self.clock_seconds += time.perf_counter() - started
+        accelerator, (step, clock) = self.accelerator, self.pace_mark
+        recent = slowest(accelerator, self.clock_seconds - clock)
+        steps = replanned_steps(self.global_step, slowest(accelerator, self.clock_seconds), recent,
+                                self.global_step - step, self.args.max_train_minutes * 60, self.args.max_train_steps)
+        self.pace_mark = (self.global_step, self.clock_seconds)
+        plan = shared_plan(accelerator, self.plan.replanned(self.global_step, steps))
+        if plan.max_train_steps != self.plan.max_train_steps:
+            self.progress_bar.total = plan.max_train_steps
+            self.progress_bar.refresh()
+        self.plan = plan
+        return plan
+
     def timing_step(self, batches, step: int, sync: bool) -> None:
         """One real step for the budget's timing, as the loop runs it; ``sync``: then wait for the device."""
         logged = self.objective.train_step(self.micro_batches(batches, step))
@@ -205,7 +238,7 @@ class Trainer:
     def make_plan(self, stored: dict | None) -> RunPlan:
         """The run's plan, the main process's broadcast to all. The epochs between validations and grids come
         from a checkpoint's plan when resuming, else from timing them (time_off_clock)."""
-        from smallgen.budget import OffClockPlan, evaluation_every
+        from smallgen.budget import REPLANS, OffClockPlan, evaluation_every
 
         args = self.args
         steps_per_epoch, steps, epochs = step_counts(len(self.feeder), self.accumulation, args.max_train_steps,
@@ -219,8 +252,13 @@ class Trainer:
             self.evaluation_seconds = self.scores.seconds()  # the main process's estimate: the plan is its
             evaluate_every = evaluation_every(steps, args.evaluate_every, args.num_evaluations,
                                               args.max_train_minutes, lambda: self.evaluation_seconds)
+        replans = {key: (stored or {}).get(key, 0) for key in ("planned_steps", "replan_every", "replanned_at",
+                                                              "position_micro")}
+        if args.max_train_minutes and not stored:
+            replans.update(planned_steps=steps, replan_every=math.ceil(steps / REPLANS))
         plan = RunPlan(steps_per_epoch, steps, epochs, args.logging_steps, args.checkpointing_steps or 0,
-                       off.validate_every if validates else 0, off.grid_every, off.grid_images, evaluate_every)
+                       off.validate_every if validates else 0, off.grid_every, off.grid_images, evaluate_every,
+                       **replans)
         return shared_plan(self.accelerator, plan)
 
     def time_off_clock(self, epochs: int, validates: bool):
@@ -298,6 +336,7 @@ class Trainer:
                                  unit="step", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         self.sums, self.count = {}, 0
         self.run_start = time.perf_counter() - self.elapsed_before
+        self.pace_mark = (self.global_step, self.clock_seconds)  # where the next re-plan measures the pace from
         self.interval_start, self.images_in_interval = time.perf_counter(), 0
 
     # ------------------------------------------------------------------ steps
@@ -466,7 +505,8 @@ class Trainer:
     def snapshots_posthoc(self, step: int) -> bool:
         if self.objective.posthoc is None:
             return False
-        every = self.args.posthoc_ema_every or math.ceil(self.plan.max_train_steps / POSTHOC_SNAPSHOTS)
+        every = self.args.posthoc_ema_every or math.ceil((self.plan.planned_steps or self.plan.max_train_steps)
+                                                         / POSTHOC_SNAPSHOTS)
         return step % every == 0 or step == self.plan.max_train_steps
 
     def save_posthoc_snapshot(self) -> None:
@@ -496,7 +536,8 @@ class Trainer:
                    "training_seconds": time.perf_counter() - self.run_start, "clock_seconds": self.clock_seconds,
                    "images_per_second": images_seen / max(self.clock_seconds, 1e-9)}
         if self.args.max_train_minutes:
-            results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds)
+            results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds,
+                           planned_steps=self.plan.planned_steps or self.plan.max_train_steps)
         if self.best:
             results.update({f"best_{k}": v for k, v in self.best.items()})
         if self.last_scores:

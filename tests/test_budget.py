@@ -1,6 +1,8 @@
-"""--max_train_minutes: a timed warm-up fixes the step count, leaves no trace, and resumes exactly."""
+"""--max_train_minutes: a timed warm-up makes the first count and leaves no trace; re-plans follow the loop's
+pace; a resumed run goes on from its checkpoint's plan."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -152,7 +154,7 @@ def test_two_processes_agree_on_the_timing_and_the_step_count(sprites_dir, tiny_
     planned = [line for line in result.stdout.splitlines() if line.startswith("time budget")]
     assert len(planned) == 1  # printed by the main process
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    assert results["num_processes"] == 2 and f"{results['global_step']} optimizer steps" in planned[0]
+    assert results["num_processes"] == 2 and f"{results['planned_steps']} optimizer steps" in planned[0]
 
 
 def test_the_budgeted_step_count_reaches_the_lr_schedule(sprites_dir, tiny_unet_config, tmp_path):
@@ -205,3 +207,67 @@ def test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it(sprites_dir
     assert len(grids) == rounds and all(name.endswith("_ddim.png") for name in grids), (line, grids)
     results = json.loads((out / "results.json").read_text())
     assert results["wall_seconds"] > results["training_seconds"] > 0
+
+
+def test_a_replan_stretches_what_is_left_of_the_lr_schedule():
+    """Written out: 100 steps planned, re-planned at step 40 to 70 steps, then at step 55 to 85."""
+    from smallgen.plan import RunPlan
+
+    plan = RunPlan(10, 100, 10, 1, 0, 0, 1, 4, planned_steps=100, replan_every=5)
+    assert [plan.schedule_position(s) for s in (0, 40, 100)] == [0, 40, 100]  # the step itself
+    assert plan.replanned(40, 100) is plan
+    shorter = plan.replanned(40, 70)
+    assert (shorter.max_train_steps, shorter.num_epochs, shorter.replanned_at) == (70, 7, 40)
+    assert [shorter.schedule_position(s) for s in (40, 55, 70)] == [40, 40 + 15 * 60 / 30, 100]
+    longer = shorter.replanned(55, 85)  # at step 55 the schedule stood at 70; 30 steps left for 30 of it
+    assert longer.position_micro == 70 * 10**6 and longer.schedule_position(85) == 100
+    assert longer.schedule_position(60) == 75
+    assert [plan.replans(s) for s in (5, 7, 10, 100)] == [True, False, True, False]
+
+
+def test_replanned_steps_fill_what_is_left_at_the_recent_pace():
+    # 30 s of a 60 s budget spent in 100 steps, the last 20 at 0.5 s: 60 more steps fit, not 100
+    assert budget.replanned_steps(100, 30.0, 10.0, 20, 60.0, None) == 160
+    assert budget.replanned_steps(100, 30.0, 10.0, 20, 60.0, 150) == 150  # --max_train_steps caps
+    assert budget.replanned_steps(100, 61.0, 10.0, 20, 60.0, None) == 100  # over budget: stop here
+
+
+def _slow_timing(monkeypatch, factor):
+    """The timing before the run reads ``factor`` times the real step time (the machine slowed down
+    during it; 0.86 of the budget was filled so on the quick start)."""
+    timed = budget.seconds_per_step
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: factor * timed(*a, **k))
+
+
+def test_a_budget_follows_the_loops_own_pace(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    """A first count 8 times too small: the re-plans fill the budget anyway, the cosine lr goes on without a
+    jump (no drop larger than the planned schedule's steepest, pi/2 lr / planned steps) and ends at 0."""
+    _slow_timing(monkeypatch, 8.0)
+    out = tmp_path / "run"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_minutes=0.1, lr_warmup_steps=0,
+                                     checkpointing_steps=None))
+    planned, steps = results["planned_steps"], results["global_step"]
+    assert steps > 3 * planned and results["clock_seconds"] > 0.8 * 6, (planned, steps, results["clock_seconds"])
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
+           if "lr" in json.loads(line)]
+    assert len(lrs) == steps and lrs[-1] < 1e-9
+    drops = [a - b for a, b in zip(lrs, lrs[1:])]
+    assert min(drops) >= 0 and max(drops) <= 1e-3 * math.pi / 2 / planned * 1.0001, (min(drops), max(drops))
+
+
+def test_a_resumed_budget_goes_on_from_the_stored_replan(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    """The count and the lr schedules' position after a re-plan are stored in each checkpoint: resumed
+    from one, the next step's lr is the straight run's (it is not if the position is lost)."""
+    _slow_timing(monkeypatch, 4.0)
+    common = dict(max_train_minutes=0.05, lr_warmup_steps=0, checkpointing_steps=3)
+    straight = tmp_path / "straight"
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
+    stored = json.loads((straight / "checkpoint-6" / "training_state.json").read_text())
+    assert stored["plan"]["replanned_at"] in range(1, 7) and stored["max_train_steps"] != results["planned_steps"]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-6", resumed / "checkpoint-6")
+    run_training(tiny_args(sprites_dir, tiny_unet_config, resumed, resume_from_checkpoint="latest", **common))
+    lr = {folder: {r["step"]: r["lr"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+                   if "lr" in r} for folder in (straight, resumed)}
+    assert min(lr[resumed]) == 7 and lr[resumed][7] == lr[straight][7]
