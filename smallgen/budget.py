@@ -81,9 +81,10 @@ def replanned_steps(global_step: int, clock_seconds: float, recent_seconds: floa
                     budget_seconds: float, cap: int | None) -> int:
     """Whole steps that fill the budget from where a run stands: ``global_step`` steps done in
     ``clock_seconds``, the last ``recent_steps`` of them in ``recent_seconds`` (the pace now: this
-    machine's speed drifts by 10% within minutes, which a count fixed before the run cannot follow)."""
+    machine's speed drifts by 10% within minutes, which a count fixed before the run cannot follow).
+    At least one more step: the lr schedules reach their end at the last step, not before it."""
     pace = max(recent_seconds / max(recent_steps, 1), 1e-9)
-    steps = global_step + max(0, int((budget_seconds - clock_seconds) / pace))
+    steps = global_step + max(1, int((budget_seconds - clock_seconds) / pace))
     return min(steps, cap) if cap else steps
 
 

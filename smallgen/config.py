@@ -88,7 +88,8 @@ class TrainArguments:
     max_train_steps: int | None = flag(None, "Optimizer steps; overrides --num_epochs.", group="optimisation",
                                        at_least=1)
     max_train_minutes: float | None = flag(
-        None, "Time budget: a short timed warm-up fixes the step count (logged, kept by resumes) to fill it; "
+        None, "Time budget: a short timed warm-up plans the step count, re-planned from the loop's pace (stored in "
+              "checkpoints); "
               "overrides --num_epochs, capped by --max_train_steps. Setup, checkpoints, validation and grids "
               "are off the clock.", group="optimisation", above=0)
     gradient_accumulation_steps: int = flag(

@@ -4,8 +4,10 @@ Every choice that decides which collective calls a process makes (the step count
 epochs that validate and draw grids, the steps that log and checkpoint) is a field here. The plan
 is made from inputs every process agrees on (the slowest process's timings), then the main
 process's plan is broadcast (``smallgen.processes.shared_plan``), printed before training and
-stored in every checkpoint, so a resumed run follows it too. Nothing in the loop reads a clock to
-decide what to do next; a stop on a signal is agreed by an all-reduce at every step.
+stored in every checkpoint, so a resumed run follows it too. Nothing in the loop reads its own
+clock to decide what to do next: a time budget's count is re-planned only at the plan's re-plan
+steps, from the slowest process's timings (reduced), and broadcast again; a stop on a signal is
+agreed by an all-reduce at every step.
 """
 
 from __future__ import annotations

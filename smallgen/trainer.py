@@ -13,8 +13,9 @@ What the loop guarantees, whatever the objective:
   ``--logging_steps``; the weights are checked before every checkpoint and before the export, so a
   NaN never reaches a saved file.
 * Validation splits its batches over processes and reduces, the same for every model type.
-* One plan: every choice that decides which collective calls a process makes is fixed before the
-  first step, the same on every process (``smallgen.plan``, ``smallgen.processes``); a process left
+* One plan: every choice that decides which collective calls a process makes is made before the
+  first step (a time budget's count re-planned at fixed steps from reduced timings), the same on
+  every process (``smallgen.plan``, ``smallgen.processes``); a process left
   waiting in a collective gives up after ``--ddp_timeout`` seconds, naming the step.
 """
 
@@ -549,6 +550,9 @@ class Trainer:
         accelerator.print(f"{self.global_step} steps, {images_seen} images in {self.clock_seconds / 60:.2f} min of "
                           f"training steps; {results['training_seconds'] / 60:.2f} min with validation, grids "
                           f"and checkpoints")
+        if results.get("planned_steps", self.global_step) != self.global_step:
+            accelerator.print(f"time budget: {results['planned_steps']} steps planned before the run, "
+                              f"{self.global_step} at the loop's own pace")
         if accelerator.is_main_process:
             from smallgen.export import export_run
 

@@ -229,7 +229,7 @@ def test_replanned_steps_fill_what_is_left_at_the_recent_pace():
     # 30 s of a 60 s budget spent in 100 steps, the last 20 at 0.5 s: 60 more steps fit, not 100
     assert budget.replanned_steps(100, 30.0, 10.0, 20, 60.0, None) == 160
     assert budget.replanned_steps(100, 30.0, 10.0, 20, 60.0, 150) == 150  # --max_train_steps caps
-    assert budget.replanned_steps(100, 61.0, 10.0, 20, 60.0, None) == 100  # over budget: stop here
+    assert budget.replanned_steps(100, 61.0, 10.0, 20, 60.0, None) == 101  # over: one step, the lr ends at 0
 
 
 def _slow_timing(monkeypatch, factor):
@@ -239,7 +239,7 @@ def _slow_timing(monkeypatch, factor):
     monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: factor * timed(*a, **k))
 
 
-def test_a_budget_follows_the_loops_own_pace(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+def test_a_budget_follows_the_loops_own_pace(sprites_dir, tiny_unet_config, tmp_path, monkeypatch, capsys):
     """A first count 8 times too small: the re-plans fill the budget anyway, the cosine lr goes on without a
     jump (no drop larger than the planned schedule's steepest, pi/2 lr / planned steps) and ends at 0."""
     _slow_timing(monkeypatch, 8.0)
@@ -248,6 +248,7 @@ def test_a_budget_follows_the_loops_own_pace(sprites_dir, tiny_unet_config, tmp_
                                      checkpointing_steps=None))
     planned, steps = results["planned_steps"], results["global_step"]
     assert steps > 3 * planned and results["clock_seconds"] > 0.8 * 6, (planned, steps, results["clock_seconds"])
+    assert f"{planned} steps planned before the run, {steps} at the loop's own pace" in capsys.readouterr().out
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
            if "lr" in json.loads(line)]
     assert len(lrs) == steps and lrs[-1] < 1e-9

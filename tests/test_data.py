@@ -315,3 +315,35 @@ def test_labels_are_checked(tmp_path):
         load_labels(ok, None, None, "x")
     with pytest.raises(DataError, match="integer class labels"):
         load_labels(datasets.Dataset.from_dict({"label": [0.5, 1.0]}), "label", None, "x")
+
+
+def _two_config_dataset(folder):
+    """A local dataset whose card declares two configurations: 'red' (6 red images) and 'blue' (4 blue)."""
+    import datasets
+    from PIL import Image
+
+    for name, colour, count in (("red", (255, 0, 0), 6), ("blue", (0, 0, 255), 4)):
+        images = [Image.new("RGB", (8, 8), colour) for _ in range(count)]
+        (folder / name).mkdir(parents=True)
+        part = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+        part.to_parquet(str(folder / name / "train-00000.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: red\n  data_files: red/*.parquet\n"
+                                      "- config_name: blue\n  data_files: blue/*.parquet\n---\n")
+    return folder
+
+
+def test_dataset_config_name_picks_the_configuration_for_training_and_the_reference(tmp_path):
+    """--dataset_config_name reaches datasets.load_dataset, in train_unconditional.py and evaluate_fid.py."""
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import load_reference
+
+    folder = str(_two_config_dataset(tmp_path / "colours"))
+    cache = str(tmp_path / "cache")
+    for config, count, colour in (("red", 6, [255, 0, 0]), ("blue", 4, [0, 0, 255])):
+        data = load_image_datasets(DataArguments(dataset_name=folder, dataset_config_name=config, cache_dir=cache,
+                                                 resolution=8, validation_fraction=0.0))
+        images = decode_to_uint8(data.train, data.image_column, DataArguments(resolution=8), show_progress=False)
+        assert len(images) == count and images[:, :, 0, 0].tolist() == [colour] * count
+        reference, key, _ = load_reference(EvaluationArguments(pipeline="p", dataset_name=folder, split="train",
+                                                               dataset_config_name=config, cache_dir=cache))
+        assert len(reference) == count and reference[0][:, 0, 0].tolist() == colour and f"-{config}-" in key

@@ -126,3 +126,36 @@ def test_report_command_writes_table_and_figures(tmp_path):
         assert f"figures/{name}" in report
     with pytest.raises(SystemExit):
         main(["--runs", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "r2")])
+
+
+def test_the_strip_flags_reach_the_strips(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    """--num_forward_images, --reverse_steps_ddpm (default: the run's T = 100), --reverse_steps_ddim (default
+    50) and --skip_reverse, seen in the images and the schedulers' timesteps the strips are drawn with."""
+    import smallgen.plots as plots
+    from smallgen.report import main
+
+    run = tmp_path / "runs" / "tiny"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, run, num_epochs=1))
+    drawn = []
+    frames, forward = plots.reverse_process_frames, plots.plot_forward_process
+
+    def reverse(unet, scheduler, steps, **kwargs):
+        result = frames(unet, scheduler, steps, **kwargs)
+        drawn.append((type(scheduler).__name__, len(scheduler.timesteps)))
+        return result
+
+    monkeypatch.setattr(plots, "reverse_process_frames", reverse)
+    monkeypatch.setattr(plots, "plot_forward_process", lambda images, *a, **k: drawn.append(len(images)) or forward(
+        images, *a, **k))
+
+    def report(name, *flags):
+        drawn.clear()
+        main(["--runs", str(run), "--output_dir", str(tmp_path / name), *flags])
+        return list(drawn), sorted(p.name for p in (tmp_path / name / "figures").iterdir())
+
+    strips, figures = report("defaults")
+    assert strips == [2, ("DDPMScheduler", 100), ("DDIMScheduler", 50)] and "reverse_tiny.png" in figures
+    strips, _ = report("set", "--num_forward_images", "3", "--reverse_steps_ddpm", "7", "--reverse_steps_ddim", "4")
+    assert strips == [3, ("DDPMScheduler", 7), ("DDIMScheduler", 4)]
+    strips, figures = report("none", "--num_forward_images", "0", "--skip_reverse")
+    assert strips == [] and not {"forward_process.png", "reverse_tiny.png"} & set(figures)
