@@ -19,6 +19,9 @@ def test_every_flag_is_listed_with_the_tests_that_name_it():
     assert "tests/test_training_scores.py::test_scores_while_training_equal_evaluate_fid_on_the_export" in \
         flag_sweep.tests_setting("evaluate_every", texts, limit=50)
     assert not flag_sweep.tests_setting("no_such_flag", texts, limit=50)
+    # a flag named by a common word: the tests that pass it come before those that merely say "run"
+    first = flag_sweep.tests_setting("run", texts, limit=2)
+    assert all('"--run"' in texts[test] for test in first), first
 
 
 def test_the_patch_applies_to_check_flags():

@@ -79,12 +79,17 @@ def test_texts() -> dict[str, str]:
 
 
 def tests_setting(flag: str, texts: dict[str, str], limit: int) -> list[str]:
-    """The tests that name ``flag``, those most likely to watch it first: its name in the test's name, then
-    the shortest (a focused test names few things)."""
+    """The tests that name ``flag``, those most likely to watch it first: those that set it (``--flag``,
+    then ``flag=`` or a ``"flag":`` key; a flag named by a common word, --run or --step, is otherwise found in
+    any test that says "run"), then its name in the test's name, then the shortest (a focused test names
+    few things)."""
     pattern = re.compile(rf"(?<![\w.]){flag}\b")
+    passed = re.compile(rf"--(no_)?{flag}\b")
+    keyword = re.compile(rf"(?<![\w.]){flag}=(?!=)|[\"']{flag}[\"']\s*:")
     found = [test for test, text in texts.items() if pattern.search(text)]
     words = set(flag.split("_")) - {"num", "of", "to"}
-    return sorted(found, key=lambda test: (-len(words & set(test.split("::")[1].split("_"))), len(texts[test])))[:limit]
+    return sorted(found, key=lambda test: (not passed.search(texts[test]), not keyword.search(texts[test]),
+                                           -len(words & set(test.split("::")[1].split("_"))), len(texts[test])))[:limit]
 
 
 def sweep(tree: Path, flag: str, tests: list[str], timeout: int) -> tuple[str, str]:
