@@ -437,3 +437,66 @@ def test_precision_and_recall_use_three_nearest_neighbours():
     expected = {k: _precision_recall_written_out(samples, reference, k) for k in (2, 3, 4)}
     assert len({precision for precision, _ in expected.values()}) == 3  # k is seen (0.30, 0.44, 0.48)
     assert (ours["precision"], ours["recall"]) == pytest.approx(expected[3], abs=1e-6)
+
+
+def test_inception_weights_given_are_the_ones_scored_with(tiny_pipeline, tmp_path, inception):
+    """--inception_weights: a copy of the weights with its first convolution halved (as safetensors, which
+    torch-fidelity cannot read: converted on the way) scores another FID, recorded as "given"."""
+    from safetensors.torch import save_file
+
+    state = torch.load(inception.path, map_location="cpu", weights_only=True)
+    first = next(key for key in state if key.endswith("conv.weight"))
+    save_file({k: (v / 2 if k == first else v).contiguous() for k, v in state.items()}, tmp_path / "halved.safetensors")
+    argv = _eval_argv(tiny_pipeline, tmp_path, inception, "--scheduler", "ddim", "--num_inference_steps", "2")
+    (usual,) = main(argv)
+    at = argv.index("--inception_weights") + 1
+    (halved,) = main(argv[:at] + [str(tmp_path / "halved.safetensors")] + argv[at + 1:])
+    assert halved["inception_weights"] == "given"
+    assert abs(usual["fid"] - halved["fid"]) > 1e-3, (usual["fid"], halved["fid"])
+
+
+def test_batch_size_is_what_each_pipeline_call_draws(tiny_pipeline, tmp_path, inception, monkeypatch):
+    """--batch_size 3 for 7 samples: the pipeline is called for 3, 3 and 1 images (the images themselves
+    do not depend on it: test_sampling.py)."""
+    from diffusers import DDPMPipeline
+
+    calls, call = [], DDPMPipeline.__call__
+    monkeypatch.setattr(DDPMPipeline, "__call__", lambda self, **kw: calls.append(kw["batch_size"]) or call(self, **kw))
+    main(_eval_argv(tiny_pipeline, tmp_path, inception, "--num_samples", "7", "--batch_size", "3",
+                    "--scheduler", "ddpm", "--num_inference_steps", "2"))
+    assert calls == [3, 3, 1]
+
+
+def test_device_chooses_where_the_evaluation_runs(monkeypatch):
+    """--device cpu keeps the evaluation on the CPU of a machine with a GPU (the default would take it)."""
+    from smallgen.sample_sources import evaluation_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    given = EvaluationArguments(pipeline="p", dataset_name="d", device="cpu")
+    assert evaluation_device(given, 1) == torch.device("cpu")
+    assert evaluation_device(EvaluationArguments(pipeline="p", dataset_name="d"), 1) == torch.device("cuda")
+
+
+def test_trust_remote_code_lets_a_folder_with_its_own_pipeline_code_load(tiny_pipeline, tmp_path, inception):
+    """A pipeline folder that names a class from its own file (not one of ours: here one that draws uniform
+    noise) is refused with diffusers' reason unless --trust_remote_code; with it, that class is sampled."""
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_pipeline, folder)
+    (folder / "noise_pipeline.py").write_text(
+        "import torch\nfrom diffusers import DiffusionPipeline, ImagePipelineOutput\n\n\n"
+        "class NoisePipeline(DiffusionPipeline):\n"
+        "    def __init__(self, unet):\n        super().__init__()\n        self.register_modules(unet=unet)\n\n"
+        "    def __call__(self, batch_size=1, generator=None, output_type='np', return_dict=True):\n"
+        "        images = [torch.rand(32, 32, 3, generator=g) for g in generator]\n"
+        "        return ImagePipelineOutput(images=torch.stack(images).numpy())\n")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": ["noise_pipeline", "NoisePipeline"],
+                                                         "_diffusers_version": index["_diffusers_version"],
+                                                         "unet": index["unet"]}))
+    argv = _eval_argv(str(folder), tmp_path, inception)
+    with pytest.raises(SystemExit):
+        main(argv)
+    (result,) = main(argv + ["--trust_remote_code"])
+    assert result["pipeline_class"] == "NoisePipeline" and result["fid"] > 100  # noise is far from CIFAR-10
