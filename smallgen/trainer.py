@@ -212,10 +212,10 @@ class Trainer:
         re-plan, both the slowest process's (reduced, so every process computes the same count)."""
         from smallgen.budget import replanned_steps
 
-        started = time.perf_counter()
-        if self.accelerator.device.type == "cuda":
-            torch.cuda.synchronize()  # the steps queued so far belong to the clock
-        self.clock_seconds += time.perf_counter() - started
+        if self.accelerator.device.type == "cuda":  # the steps queued so far belong to the clock
+            started = time.perf_counter()
+            torch.cuda.synchronize()
+            self.clock_seconds += time.perf_counter() - started
         accelerator, (step, clock) = self.accelerator, self.pace_mark
         recent = slowest(accelerator, self.clock_seconds - clock)
         steps = replanned_steps(self.global_step, slowest(accelerator, self.clock_seconds), recent,
@@ -551,7 +551,7 @@ class Trainer:
                           f"training steps; {results['training_seconds'] / 60:.2f} min with validation, grids "
                           f"and checkpoints")
         if results.get("planned_steps", self.global_step) != self.global_step:
-            accelerator.print(f"time budget: {results['planned_steps']} steps planned before the run, "
+            accelerator.print(f"steps of the time budget: {results['planned_steps']} planned before the run, "
                               f"{self.global_step} at the loop's own pace")
         if accelerator.is_main_process:
             from smallgen.export import export_run

@@ -232,23 +232,43 @@ def test_replanned_steps_fill_what_is_left_at_the_recent_pace():
     assert budget.replanned_steps(100, 61.0, 10.0, 20, 60.0, None) == 101  # over: one step, the lr ends at 0
 
 
-def _slow_timing(monkeypatch, factor):
-    """The timing before the run reads ``factor`` times the real step time (the machine slowed down
-    during it; 0.86 of the budget was filled so on the quick start)."""
-    timed = budget.seconds_per_step
-    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: factor * timed(*a, **k))
+class _SteadyClock:
+    """``time`` for smallgen.trainer whose perf_counter ticks ``tick`` seconds a call: a training step (two
+    calls) takes exactly one tick, whatever else this machine is doing."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+
+def _steady_steps(monkeypatch, tick: float, timed_as: float):
+    """Steps of exactly ``tick`` seconds, which the timing before the run reads as ``timed_as`` seconds (the
+    machine slowed down during it: 0.86 of the budget was filled so on the quick start)."""
+    import smallgen.trainer
+
+    monkeypatch.setattr(smallgen.trainer, "time", _SteadyClock(tick))
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: timed_as)
 
 
 def test_a_budget_follows_the_loops_own_pace(sprites_dir, tiny_unet_config, tmp_path, monkeypatch, capsys):
-    """A first count 8 times too small: the re-plans fill the budget anyway, the cosine lr goes on without a
-    jump (no drop larger than the planned schedule's steepest, pi/2 lr / planned steps) and ends at 0."""
-    _slow_timing(monkeypatch, 8.0)
+    """A first count 8 times too small (15 steps of 0.08 s for 1.2 s; they take 0.01 s): the re-plans fill
+    the budget with 120 steps, the cosine lr goes on without a jump (no drop larger than the planned
+    schedule's steepest, pi/2 lr / planned steps) and ends at 0."""
+    _steady_steps(monkeypatch, tick=0.01, timed_as=0.08)
     out = tmp_path / "run"
-    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_minutes=0.1, lr_warmup_steps=0,
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_minutes=0.02, lr_warmup_steps=0,
                                      checkpointing_steps=None))
     planned, steps = results["planned_steps"], results["global_step"]
-    assert steps > 3 * planned and results["clock_seconds"] > 0.8 * 6, (planned, steps, results["clock_seconds"])
-    assert f"{planned} steps planned before the run, {steps} at the loop's own pace" in capsys.readouterr().out
+    assert planned == 15 and 119 <= steps <= 120 and results["clock_seconds"] == pytest.approx(steps * 0.01)
+    assert f"budget: {planned} planned before the run, {steps} at the loop's own pace" in capsys.readouterr().out
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
            if "lr" in json.loads(line)]
     assert len(lrs) == steps and lrs[-1] < 1e-9
@@ -259,12 +279,13 @@ def test_a_budget_follows_the_loops_own_pace(sprites_dir, tiny_unet_config, tmp_
 def test_a_resumed_budget_goes_on_from_the_stored_replan(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
     """The count and the lr schedules' position after a re-plan are stored in each checkpoint: resumed
     from one, the next step's lr is the straight run's (it is not if the position is lost)."""
-    _slow_timing(monkeypatch, 4.0)
-    common = dict(max_train_minutes=0.05, lr_warmup_steps=0, checkpointing_steps=3)
+    _steady_steps(monkeypatch, tick=0.01, timed_as=0.04)
+    common = dict(max_train_minutes=0.005, lr_warmup_steps=0, checkpointing_steps=3)
     straight = tmp_path / "straight"
     results = run_training(tiny_args(sprites_dir, tiny_unet_config, straight, **common))
     stored = json.loads((straight / "checkpoint-6" / "training_state.json").read_text())
-    assert stored["plan"]["replanned_at"] in range(1, 7) and stored["max_train_steps"] != results["planned_steps"]
+    assert results["planned_steps"] == 7 and stored["plan"]["replanned_at"] in range(1, 7)
+    assert stored["max_train_steps"] > 7
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-6", resumed / "checkpoint-6")

@@ -220,9 +220,13 @@ def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(spri
     assert card.count("## Post-hoc EMA") == 1 and "![posthoc-ema.png](posthoc-ema.png)" in card
     assert (run / "posthoc-ema.png").is_file()
 
+    exported = _flat_weights(run)
     again = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.08", "--no_export"])
     assert again["trained"] == summary["trained"]  # scored from the kept trained export, not the replaced one
     assert again["rows"][0] == next(r for r in summary["rows"] if r["sigma_rel"] == 0.08)
+    assert all(torch.equal(a, b) for a, b in zip(_flat_weights(run), exported))  # --no_export: left as it was
+    at_two = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.08", "--step", "2", "--no_export"])
+    assert at_two["step"] == 2 and at_two["rows"][0]["fid"] != again["rows"][0]["fid"]  # step 2's snapshot alone
     assert (run / "README.md").read_text().count("## Post-hoc EMA") == 1
 
     from smallgen import reconstruction
