@@ -192,6 +192,9 @@ def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(spri
                                      model_type="edm", evaluate_num_samples=4, num_evaluations=1, max_train_steps=4,
                                      use_ema=True,
                                      posthoc_ema=True, posthoc_ema_every=2, posthoc_ema_sigma_rels=[0.05, 0.2]))
+    scored = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "evaluation/kid" in r]
+    assert scored == [4]  # --num_evaluations 1: the last step only
     trained = _flat_weights(run)
     summary = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.03", "0.08", "0.15"])
     assert "exported the EMA of sigma_rel" in capsys.readouterr().out
