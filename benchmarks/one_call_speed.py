@@ -60,15 +60,26 @@ def variant_of(pipeline, channels_last: bool, compiled: bool):
 def one_call(pipeline, batch_size: int, bf16: bool) -> torch.Tensor:
     generators = [torch.Generator().manual_seed(i) for i in range(batch_size)]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    steps = {"num_inference_steps": 1} if hasattr(pipeline, "unet") else {}  # the DCGAN: one call anyway
     with autocast:
-        images = pipeline(batch_size=batch_size, generator=generators, num_inference_steps=1, output_type="pt")
+        images = pipeline(batch_size=batch_size, generator=generators, output_type="pt", **steps)
     return images.images
 
 
-def measure(pipeline, batch_sizes: list[int], repeats: int, variants: dict) -> list[dict]:
+def dcgan(resolution: int):
+    """The protocol's DCGAN generator (configs/cifar10-dcgan.yaml at 16 px), untrained: the speed to beat."""
+    from models.baselines import ConvDecoder
+    from pipelines import GANPipeline
+
+    return GANPipeline(decoder=ConvDecoder(resolution=resolution, latent_dim=100, base_channels=64).eval())
+
+
+def measure(pipeline, batch_sizes: list[int], repeats: int, variants: dict, baseline=None) -> list[dict]:
+    """One row per variant and batch size; ``baseline`` (another pipeline, e.g. the DCGAN) last, as is."""
     rows, reference = [], {}
-    for name, (channels_last, bf16, compiled) in variants.items():
-        variant = variant_of(pipeline, channels_last, compiled)
+    runs = [(name, variant_of(pipeline, channels_last, compiled), bf16)
+            for name, (channels_last, bf16, compiled) in variants.items()]
+    for name, variant, bf16 in runs + ([("DCGAN generator", baseline, False)] if baseline is not None else []):
         started = time.perf_counter()
         one_call(variant, batch_sizes[0], bf16)  # warm-up (and compilation)
         warm_up = time.perf_counter() - started
@@ -82,7 +93,8 @@ def measure(pipeline, batch_sizes: list[int], repeats: int, variants: dict) -> l
             reference.setdefault(batch_size, images)
             rows.append({"variant": name, "batch_size": batch_size,
                          "images_per_second": batch_size / statistics.median(seconds),
-                         "max_abs_diff": (images - reference[batch_size]).abs().max().item(),
+                         "max_abs_diff": (None if variant is baseline else
+                                          (images - reference[batch_size]).abs().max().item()),
                          "warm_up_seconds": warm_up})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -91,7 +103,8 @@ def measure(pipeline, batch_sizes: list[int], repeats: int, variants: dict) -> l
 def markdown(rows: list[dict]) -> str:
     lines = ["| variant | batch | img/s | max abs diff (x255) | warm-up s |", "|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['batch_size']} | {r['images_per_second']:.0f} | "
-              f"{255 * r['max_abs_diff']:.3f} | {r['warm_up_seconds']:.1f} |" for r in rows]
+              f"{'–' if r['max_abs_diff'] is None else format(255 * r['max_abs_diff'], '.3f')} | "
+              f"{r['warm_up_seconds']:.1f} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -102,11 +115,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[16, 64, 250, 1000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--no_dcgan", action="store_true", help="Leave out the DCGAN generator's rows.")
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = measure(load_pipeline(args.unet, args.resolution), args.batch_sizes, args.repeats,
-                   {name: VARIANTS[name] for name in args.variants})
+                   {name: VARIANTS[name] for name in args.variants}, None if args.no_dcgan else dcgan(args.resolution))
     print(markdown(rows))
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
