@@ -60,7 +60,7 @@ def test_a_reference_that_cannot_be_used_is_refused_before_anything_is_written(s
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, evaluate_every=2))
     with pytest.raises(ConfigError, match="one of --evaluate_every and --num_evaluations"):
         run_training(tiny_args(sprites_dir, tiny_unet_config, out, evaluate_num_samples=4, evaluate_every=2,
-                               num_evaluations=3))
+                               num_evaluations=3, max_train_steps=2))  # were it not refused: a short run
 
 
 def test_the_evaluations_are_planned_like_the_grids():
