@@ -56,6 +56,11 @@ class RunPlan:
         every = self.evaluate_every
         return bool(every) and (global_step % every == 0 or global_step == self.max_train_steps)
 
+    @property
+    def schedule_steps(self) -> int:
+        """The count the lr schedules were made for (a plan stored before re-plans: its count)."""
+        return self.planned_steps or self.max_train_steps
+
     def replans(self, global_step: int) -> bool:
         return bool(self.replan_every) and global_step % self.replan_every == 0 and global_step < self.max_train_steps
 
@@ -63,7 +68,7 @@ class RunPlan:
         """Where the lr schedules, made for ``planned_steps``, stand at ``global_step``. After a re-plan the
         steps left are stretched over what was left of the schedules: the lr goes on from where it was and
         ends where it would have (0 for cosine). Without one, the step itself (bit for bit)."""
-        planned = self.planned_steps or self.max_train_steps
+        planned = self.schedule_steps
         if self.max_train_steps == planned and self.position_micro == self.replanned_at * 10**6:
             return global_step
         start, left = self.position_micro / 10**6, self.max_train_steps - self.replanned_at

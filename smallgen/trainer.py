@@ -506,8 +506,7 @@ class Trainer:
     def snapshots_posthoc(self, step: int) -> bool:
         if self.objective.posthoc is None:
             return False
-        every = self.args.posthoc_ema_every or math.ceil((self.plan.planned_steps or self.plan.max_train_steps)
-                                                         / POSTHOC_SNAPSHOTS)
+        every = self.args.posthoc_ema_every or math.ceil(self.plan.schedule_steps / POSTHOC_SNAPSHOTS)
         return step % every == 0 or step == self.plan.max_train_steps
 
     def save_posthoc_snapshot(self) -> None:
@@ -538,7 +537,7 @@ class Trainer:
                    "images_per_second": images_seen / max(self.clock_seconds, 1e-9)}
         if self.args.max_train_minutes:
             results.update(max_train_minutes=self.args.max_train_minutes, timing_seconds=self.timing_seconds,
-                           planned_steps=self.plan.planned_steps or self.plan.max_train_steps)
+                           planned_steps=self.plan.schedule_steps)
         if self.best:
             results.update({f"best_{k}": v for k, v in self.best.items()})
         if self.last_scores:
