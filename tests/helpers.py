@@ -31,6 +31,9 @@ def ema_weights(checkpoint):
 CPU_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+FIXED_GRID_STEPS = ("consistency", "meanflow")  # model types whose grids are drawn in fixed step counts
+
+
 def tiny_args(data_dir, config, output_dir, **overrides):
     """Flags of a tiny run (seconds): the UNet ones with a UNet ``config``, the DDPM ones for ddpm."""
     args = {
@@ -40,7 +43,9 @@ def tiny_args(data_dir, config, output_dir, **overrides):
         "cpu_threads": CPU_THREADS,  # fixed: runs compared bit for bit must not take cores another job left
     }
     if config is not None and overrides.get("model_config_name_or_path", config) is not None:
-        args.update(model_config_name_or_path=config, grid_num_inference_steps=3)
+        args.update(model_config_name_or_path=config)
+        if overrides.get("model_type") not in FIXED_GRID_STEPS:
+            args.update(grid_num_inference_steps=3)
     if overrides.get("model_type", "ddpm") == "ddpm":
         args.update(ddpm_num_steps=100, ddpm_num_inference_steps=5)
     args.update(overrides)

@@ -48,6 +48,7 @@ CASES = {
     "FlowMatchPipeline-euler": Case("FlowMatchPipeline", "diffusers:FlowMatchEulerDiscreteScheduler"),
     "FlowMatchPipeline-heun": Case("FlowMatchPipeline", "diffusers:FlowMatchHeunDiscreteScheduler"),
     "ConsistencyPipeline": Case("ConsistencyPipeline", "diffusers:CMStochasticIterativeScheduler"),
+    "MeanFlowPipeline": Case("MeanFlowPipeline", "diffusers:FlowMatchEulerDiscreteScheduler"),
     "ClassConditionalPipeline-classes": Case("ClassConditionalPipeline", "diffusers:DDIMScheduler", "classes"),
     "ClassConditionalPipeline-context": Case("ClassConditionalPipeline", "diffusers:DDPMScheduler", "context"),
     "GANPipeline": Case("GANPipeline"),
@@ -62,13 +63,15 @@ def load_class(where: str):
     return load(where)
 
 
-def tiny_unet(sample_size, labels: str | None):
+def tiny_unet(sample_size, labels: str | None, pipeline: str = ""):
     from diffusers import UNet2DModel
 
     config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
     config.update(sample_size=sample_size, block_out_channels=[16, 32], norm_num_groups=8)
     if labels:
         config["class_embed_type"] = "identity"
+    if pipeline == "MeanFlowPipeline":
+        config["class_embed_type"] = "timestep"  # its second time, t - r
     return UNet2DModel.from_config(config).eval()
 
 
@@ -89,7 +92,7 @@ def build(name: str, sample_size=8):
     scheduler_class = load_class(case.scheduler)
     scheduler = scheduler_class(num_train_timesteps=50) if "DDIM" in case.scheduler or "DDPM" in case.scheduler \
         else scheduler_class()
-    components = {"unet": tiny_unet(sample_size, case.labels), "scheduler": scheduler}
+    components = {"unet": tiny_unet(sample_size, case.labels, case.pipeline), "scheduler": scheduler}
     if case.labels:
         components["label_embedding"] = LabelEmbedding(["cat", "dog", "ship"], 64,
                                                        multi_label=case.labels == "context").eval()

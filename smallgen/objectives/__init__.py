@@ -22,6 +22,7 @@ OBJECTIVES = {
     "edm": "smallgen.objectives.edm:EDMObjective",
     "flow": "smallgen.objectives.flow:FlowObjective",
     "consistency": "smallgen.objectives.consistency:ConsistencyObjective",
+    "meanflow": "smallgen.objectives.meanflow:MeanFlowObjective",
     "vae": "smallgen.objectives.baselines:VAEObjective",
     "dcgan": "smallgen.objectives.baselines:DCGANObjective",
     "vaegan": "smallgen.objectives.baselines:VAEGANObjective",
