@@ -1,14 +1,19 @@
 """Sampling cost: FID against network evaluations (NFE) and generation speed, on one machine in one run.
 
     python benchmarks/sampling_cost.py                    # the CPU table and plot in docs/benchmarks.md
+    python benchmarks/sampling_cost.py --table few_step --output_dir runs/few_step   # 1-2 calls, 10 minutes each
 
 Under the CPU time-to-FID protocol (benchmarks/time_to_fid.py: 16 px, 1,000 samples against 1,000
-train images) it trains the quick start for 5 minutes (the teacher), tunes it into a consistency
-model for 5 more (configs/quickstart-consistency.yaml, --init_from the teacher), trains the quick
-start for 10 minutes (the same minutes in all) and the DCGAN for 5. Each row is one evaluate_fid.py
-setting; img/s is timed afterwards in this process, row after row, on the same images (so evaluate_fid's
-own timing, which other work on the machine may slow, is not used). Rows are appended to
-``<output_dir>/sampling_cost.json`` and ``.md``; a rerun skips what is there.
+train images). The "nfe" table trains the quick start for 5 minutes (the teacher), tunes it into a
+consistency model for 5 more (configs/quickstart-consistency.yaml, --init_from the teacher), trains
+the quick start for 10 minutes (the same minutes in all) and the DCGAN for 5. The "few_step" table
+gives every generator of one or two calls ten minutes of training in all: MeanFlow from scratch
+(configs/quickstart-meanflow.yaml), the consistency model as the 5-minute teacher plus 5 minutes of
+tuning (and tuned with 2 stages instead of 4; its 2-step middle level swept), the DCGAN.
+
+Each row is one evaluate_fid.py setting; img/s is timed afterwards in this process, row after row, on
+the same images (so evaluate_fid's own timing, which other work on the machine may slow, is not used).
+Rows are appended to ``<output_dir>/sampling_cost.json`` and ``.md``; a rerun skips what is there.
 """
 
 from __future__ import annotations
@@ -25,47 +30,59 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import time_to_fid  # noqa: E402  (the protocol, its training runs and their flags)
 
-TEACHER = ("quickstart", 5)
-RUNS = [TEACHER, ("dcgan", 5), ("quickstart", 10), ("quickstart-consistency", 5)]  # the last tunes TEACHER
-ROWS = [  # (run, its minutes, sampler (None: a one-call generator), steps), scored in this order
-    ("quickstart-consistency", 5, "cm", [1, 2, 4]),
-    ("quickstart", 5, "edm-dpmsolver", [2, 4, 10, 50]),
-    ("dcgan", 5, None, [None]),
-    ("quickstart", 5, "edm-unipc", [2, 4, 10]),  # at 50 NFE the solvers agree: DPM-Solver and Euler 50
-    # were 74.2 and 74.0 after 5 minutes, 55.4 and 55.5 after 15 (time_to_fid.py, 2026-12-02)
-    ("quickstart", 10, "edm-dpmsolver", [2, 10]),
-]
+TEACHER = ("quickstart", 5)  # what every quickstart-consistency* run is tuned from
+TABLES = {  # name: (runs trained in this order, rows: (run, its minutes, sampler (None: a one-call
+    # generator), steps, evaluate_fid.py flags of the row), scored in this order)
+    "nfe": ([TEACHER, ("dcgan", 5), ("quickstart", 10), ("quickstart-consistency", 5)], [
+        ("quickstart-consistency", 5, "cm", [1, 2, 4], []),
+        ("quickstart", 5, "edm-dpmsolver", [2, 4, 10, 50], []),
+        ("dcgan", 5, None, [None], []),
+        ("quickstart", 5, "edm-unipc", [2, 4, 10], []),  # at 50 NFE the solvers agree: DPM-Solver and Euler 50
+        # were 74.2 and 74.0 after 5 minutes, 55.4 and 55.5 after 15 (time_to_fid.py, 2026-12-02)
+        ("quickstart", 10, "edm-dpmsolver", [2, 10], []),
+    ]),
+    "few_step": ([("quickstart-meanflow", 10), ("dcgan", 10), TEACHER, ("quickstart-consistency", 5),
+                  ("quickstart-consistency-2stages", 5)], [
+        ("quickstart-meanflow", 10, "meanflow", [1, 2], []),
+        ("dcgan", 10, None, [None], []),
+        ("quickstart-consistency", 5, "cm", [1, 2], []),  # 2 steps: through level 20 of 40 (sigma 2.24)
+        ("quickstart-consistency", 5, "cm", [2], ["--cm_middle_level", "16", "24"]),  # sigma 5.4 and 0.83
+        ("quickstart-consistency-2stages", 5, "cm", [1, 2], []),
+    ]),
+}
 
 
 def run_dir(output_dir: Path, recipe: str, minutes: float) -> Path:
     return output_dir / f"{recipe}-{minutes:g}min"
 
 
-def train_all(protocol, args, output_dir: Path) -> None:
-    for recipe, minutes in RUNS:
+def train_all(protocol, args, output_dir: Path, runs: list) -> None:
+    for recipe, minutes in runs:
         folder = run_dir(output_dir, recipe, minutes)
         if (folder / "results.json").exists():
             continue
-        extra = ["--init_from", str(run_dir(output_dir, *TEACHER))] if recipe == "quickstart-consistency" else []
+        extra = ["--init_from", str(run_dir(output_dir, *TEACHER))] if recipe.startswith("quickstart-consistency") else []
         print(f"{recipe}, {minutes:g} min: training ({time.strftime('%H:%M:%S')})", flush=True)
         time_to_fid.train(recipe, minutes, protocol, argparse.Namespace(**{**vars(args), "train_flag": extra}), folder)
 
 
-def score(protocol, args, folder: Path, sampler: str | None, steps: list) -> list[dict]:
-    """evaluate_fid.py once for a row's steps (one JSON of several results)."""
-    name = f"fid-{sampler or 'direct'}"
+def score(protocol, args, folder: Path, sampler: str | None, steps: list, flags: list) -> list[dict]:
+    """evaluate_fid.py once for a row's steps and flags (one JSON of several results)."""
+    name = "-".join(["fid", sampler or "direct", *(f.lstrip("-") for f in flags)])
     command = [sys.executable, "evaluate_fid.py", "--pipeline", str(folder), "--dataset_name", args.dataset_name,
                "--split", "train", "--resolution", str(protocol.resolution), "--num_samples", str(protocol.num_samples),
                "--num_reference", str(protocol.num_reference), "--seed", str(args.seed),
                "--output_json", str(folder / f"{name}.json"), "--save_samples", str(folder / f"{name}_samples"),
                *(["--scheduler", sampler, "--num_inference_steps", *map(str, steps)] if sampler else []),
-               *protocol.eval_flags]
+               *flags, *protocol.eval_flags]
     time_to_fid._run(command, folder / f"{name}.log")
     return json.loads((folder / f"{name}.json").read_text())["results"]
 
 
-def images_per_second(folder: Path, sampler: str | None, steps: int | None, count: int, batch_size: int) -> float:
-    """Generation speed of one row: ``count`` images in batches, after one untimed batch."""
+def images_per_second(folder: Path, sampler: str | None, steps: int | None, count: int, batch_size: int,
+                      setting: dict | None = None) -> float:
+    """Generation speed of one row (its pipeline keywords: ``setting``): ``count`` images in batches, after
+    one untimed batch."""
     import torch
 
     from smallgen.evaluation import EvaluationArguments
@@ -74,7 +91,7 @@ def images_per_second(folder: Path, sampler: str | None, steps: int | None, coun
 
     settings = EvaluationArguments(pipeline=str(folder), dataset_name="unused", scheduler=sampler or "ddim")
     pipeline = sampling_pipeline(load_pipeline(str(folder)), settings)
-    options = call_options(pipeline, settings, steps, {})
+    options = call_options(pipeline, settings, steps, setting or {})
     with torch.inference_mode():
         draw_images(pipeline, batch_size, seed=1, batch_size=batch_size, **options)
         start = time.perf_counter()
@@ -112,11 +129,17 @@ def speed_trials(folder: Path, count: int) -> dict[str, float]:
     return speeds
 
 
-def make_row(recipe, minutes, sampler, scored: dict, trained: dict) -> dict:
+def make_row(recipe, minutes, sampler, flags, scored: dict, trained: dict) -> dict:
     return {"model": f"{recipe}, {minutes:g} min", "train_steps": trained["global_step"],
-            "sampler": sampler or "direct", "steps": scored["steps"], "nfe": scored["nfe"], "fid": scored["fid"],
+            "sampler": sampler or "direct", "flags": " ".join(flags), "steps": scored["steps"], "nfe": scored["nfe"],
+            "setting": {k: scored[k] for k in ("timesteps",) if k in scored}, "fid": scored["fid"],
             "precision": scored.get("precision"), "recall": scored.get("recall"),
             "num_samples": scored["num_samples"], "images_per_second": None}
+
+
+def sampler_label(row: dict) -> str:
+    """The sampler and the row's pipeline keywords, e.g. "cm, timesteps [16, 0]"."""
+    return ", ".join([row["sampler"], *(f"{k} {v}" for k, v in row.get("setting", {}).items())])
 
 
 def markdown(rows: list[dict]) -> str:
@@ -125,7 +148,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         speed = r["images_per_second"]
         timing = "–" if speed is None else f"{speed:,.1f} | {1000 / speed:,.1f}"
-        lines.append(f"| {r['model']} | {r['train_steps']} | {r['sampler']} | {r['nfe']} | {r['fid']:.1f} | "
+        lines.append(f"| {r['model']} | {r['train_steps']} | {sampler_label(r)} | {r['nfe']} | {r['fid']:.1f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {timing if speed else '– | –'} |")
     return "\n".join(lines) + "\n"
 
@@ -138,22 +161,30 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, ax = plt.subplots(figsize=(7.5, 4.8))
-    for model, sampler in dict.fromkeys((r["model"], r["sampler"]) for r in rows):
-        points = sorted((1000 / r["images_per_second"], r["fid"], r["nfe"]) for r in rows
-                        if (r["model"], r["sampler"]) == (model, sampler) and r["images_per_second"])
+    for model, flags, sampler in dict.fromkeys((r["model"], r.get("flags", ""), r["sampler"]) for r in rows):
+        series = [r for r in rows if (r["model"], r.get("flags", ""), r["sampler"]) == (model, flags, sampler)
+                  and r["images_per_second"]]
+        points = sorted((1000 / r["images_per_second"], r["fid"], point_label(r)) for r in series)
         if not points:
             continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{model}: {sampler}")
-        for seconds, fid, nfe in points:
-            ax.annotate(str(nfe), (seconds, fid), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-" if not flags else "s",
+                label=f"{model}: {sampler}{' ' + flags if flags else ''}")
+        for seconds, fid, label in points:
+            ax.annotate(label, (seconds, fid), fontsize=7, textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
-    ax.set_xlabel("sampling seconds per 1,000 images (log; labels: NFE)")
+    ax.set_xlabel("sampling seconds per 1,000 images (log; labels: NFE, and a 2-step middle level)")
     ax.set_ylabel("FID (1,000 samples, 16 px)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def point_label(row: dict) -> str:
+    """NFE, and the middle level of a 2-step consistency row that sets it."""
+    timesteps = row.get("setting", {}).get("timesteps")
+    return f"{row['nfe']} (level {timesteps[0]})" if timesteps else str(row["nfe"])
 
 
 def write(rows: list[dict], info: dict, output_dir: Path) -> None:
@@ -170,6 +201,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip_timing", action="store_true", help="Score only (time later, on an idle machine).")
     parser.add_argument("--speed_trials", action="store_true",
                         help="Also time the consistency model's one step with a larger batch, channels_last, torch.compile.")
+    parser.add_argument("--table", default="nfe", choices=sorted(TABLES),
+                        help="nfe: FID against NFE (teacher, consistency, DCGAN); few_step: 1-2 calls at 10 minutes each.")
     parser.add_argument("--output_dir", default="runs/sampling_cost")
     return parser.parse_args(argv)
 
@@ -183,15 +216,19 @@ def main(argv=None) -> None:
     before = json.loads(previous.read_text()) if previous.exists() else {"rows": []}
     rows = before.pop("rows")
     info = {**before, "protocol": "cpu", "command": " ".join(["python benchmarks/sampling_cost.py", *(sys.argv[1:] if argv is None else argv)])}
-    train_all(protocol, args, output_dir)
-    for recipe, minutes, sampler, steps in ROWS:
+    runs, table = TABLES[args.table]
+    train_all(protocol, args, output_dir, runs)
+    for recipe, minutes, sampler, steps, flags in table:
         model = f"{recipe}, {minutes:g} min"
-        if any(r["model"] == model and r["sampler"] == (sampler or "direct") for r in rows):
+        if any((r["model"], r["sampler"], r.get("flags", "")) == (model, sampler or "direct", " ".join(flags))
+               for r in rows):
             continue
         folder = run_dir(output_dir, recipe, minutes)
-        print(f"{model}: scoring {sampler or 'direct'} at {steps} ({time.strftime('%H:%M:%S')})", flush=True)
+        print(f"{model}: scoring {sampler or 'direct'} {' '.join(flags)} at {steps} ({time.strftime('%H:%M:%S')})",
+              flush=True)
         trained = json.loads((folder / "results.json").read_text())
-        rows += [make_row(recipe, minutes, sampler, scored, trained) for scored in score(protocol, args, folder, sampler, steps)]
+        rows += [make_row(recipe, minutes, sampler, flags, scored, trained)
+                 for scored in score(protocol, args, folder, sampler, steps, flags)]
         write(rows, info, output_dir)
     if not args.skip_timing:
         for row in rows:
@@ -199,7 +236,8 @@ def main(argv=None) -> None:
                 recipe, minutes = row["model"].split(", ")
                 folder = run_dir(output_dir, recipe, float(minutes.split()[0]))
                 sampler = None if row["sampler"] == "direct" else row["sampler"]
-                row["images_per_second"] = images_per_second(folder, sampler, row["steps"], args.timing_images, 250)
+                row["images_per_second"] = images_per_second(folder, sampler, row["steps"], args.timing_images, 250,
+                                                             row.get("setting"))
                 print(f"{row['model']}, {row['sampler']}, NFE {row['nfe']}: {row['images_per_second']:.1f} img/s",
                       flush=True)
                 write(rows, info, output_dir)

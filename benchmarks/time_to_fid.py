@@ -33,6 +33,8 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
     "quickstart-ddpm": ("configs/quickstart-ddpm.yaml", []),
     "quickstart-flow": ("configs/quickstart-flow.yaml", [], ["flow-heun", "flow-euler"]),
     "quickstart-consistency": ("configs/quickstart-consistency.yaml", [], ["cm"]),  # needs --init_from (sampling_cost.py)
+    "quickstart-consistency-2stages": ("configs/quickstart-consistency.yaml", ["--ct_stages", "2"], ["cm"]),  # the same
+    "quickstart-meanflow": ("configs/quickstart-meanflow.yaml", [], ["meanflow"]),
     "diffusers-example": ("configs/diffusers-example.yaml", []),
     "vae": ("configs/cifar10-vae.yaml", []),
     "dcgan": ("configs/cifar10-dcgan.yaml", []),

@@ -72,13 +72,22 @@ class MeanFlowLoss:
         def along_path(z, time, start):
             return average_velocity(z.to(images.dtype), start, time).float()
 
-        # du/dt without a graph, u by a second, plain call: DDP's forward fails inside forward AD with
-        # gradients on (one forward more than the paper's single jvp; the same u).
-        with torch.no_grad():
-            _, du_dt = jvp(along_path, (noisy, t, r), (velocity, torch.ones_like(t), torch.zeros_like(r)))
         u = along_path(noisy, t, r)
-        target = velocity - _column((t - r).clamp(0, 1), clean) * du_dt
-        return u, target.detach()
+        return u, velocity - _column((t - r).clamp(0, 1), clean) * self.total_derivative(along_path, noisy, r, t, velocity)
+
+    @staticmethod
+    def total_derivative(along_path, noisy, r, t, velocity) -> torch.Tensor:
+        """du/dt along the path, without a graph, for the pairs with r < t (the others' target is v: zeros).
+        Apart from u's own call: DDP's forward fails inside forward AD with gradients on (so one forward
+        more than the paper's single jvp, on a ``ratio`` of the batch only)."""
+        du_dt = torch.zeros_like(velocity)
+        apart = t > r
+        if apart.any():
+            with torch.no_grad():  # no collective inside: the UNet has no buffers for DDP to broadcast
+                _, derivative = jvp(along_path, (noisy[apart], t[apart], r[apart]),
+                                    (velocity[apart], torch.ones_like(t[apart]), torch.zeros_like(r[apart])))
+            du_dt[apart] = derivative
+        return du_dt
 
     def __call__(self, average_velocity, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Per-image loss, shape (N,). Its gradient is the paper's: the summed squared error over

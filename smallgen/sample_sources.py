@@ -141,13 +141,18 @@ def sampling_settings(pipeline, args, pipeline_class: str | None = None) -> list
 
 
 def setting_values(setting: dict) -> dict:
-    """A setting's keywords that a result row and a folder name can hold (not the label functions)."""
-    return {k: v for k, v in setting.items() if isinstance(v, (int, float, str))}
+    """A setting's keywords that a result row and a folder name can hold (numbers, text, lists of whole
+    numbers; not the label functions)."""
+    return {k: v for k, v in setting.items()
+            if isinstance(v, (int, float, str)) or (isinstance(v, list) and all(isinstance(i, int) for i in v))}
 
 
 def setting_name(steps: int | None, setting: dict) -> str:
-    return f"steps_{steps}" + "".join(f"_{k}_{v:g}" if isinstance(v, float) else f"_{k}_{v}"
-                                      for k, v in setting_values(setting).items())
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else "-".join(map(str, value)) if isinstance(value, list) \
+            else str(value)
+
+    return f"steps_{steps}" + "".join(f"_{k}_{text(v)}" for k, v in setting_values(setting).items())
 
 
 def sampler_eta(pipeline, args) -> float | None:

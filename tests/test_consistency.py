@@ -279,3 +279,35 @@ def test_evaluate_fid_scores_the_consistency_pipeline_at_1_2_and_4_steps(tiny_un
     saved = sorted((tmp_path / "png" / "steps_2").glob("*.png"))
     assert torch.equal(torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
                                     for p in saved]), expected)
+
+
+def test_evaluate_fid_sweeps_the_2_step_middle_level(tiny_unet, tmp_path, inception, capsys):
+    """--cm_middle_level i scores 2 steps through level i (timesteps=[i, 0]); 20 is the default 2-step sample;
+    the PNGs are the pipeline's images; other step counts and levels past the last are refused."""
+    from PIL import Image
+
+    from pipelines import ConsistencyPipeline
+    from smallgen.evaluation import main
+    from smallgen.sampling import draw_images
+    from tests.conftest import ROOT
+
+    pipeline = ConsistencyPipeline(unet=tiny_unet, scheduler=cm_scheduler())
+    pipeline.save_pretrained(tmp_path / "cm")
+    common = ["--pipeline", str(tmp_path / "cm"), "--dataset_name", str(ROOT / "data" / "cifar10-sample"),
+              "--split", "test", "--resolution", "8", "--num_reference", "8", "--num_samples", "4", "--batch_size", "4",
+              "--scheduler", "cm", "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache")]
+    rows = main([*common, "--num_inference_steps", "2", "--cm_middle_level", "10", "20", "30",
+                 "--save_samples", str(tmp_path / "png")])
+    assert [(r["steps"], r["nfe"], r["timesteps"]) for r in rows] == [(2, 2, [10, 0]), (2, 2, [20, 0]), (2, 2, [30, 0])]
+    default = main([*common, "--num_inference_steps", "2"])[0]
+    assert rows[1]["fid"] == default["fid"] and len({r["fid"] for r in rows}) == 3
+    pipeline.set_progress_bar_config(disable=True)
+    expected = draw_images(pipeline, 4, seed=0, batch_size=4, timesteps=[30, 0])
+    saved = sorted((tmp_path / "png" / "steps_2_timesteps_30-0").glob("*.png"))
+    assert torch.equal(torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                                    for p in saved]), expected)
+    for flags, message in ((["1", "2", "--cm_middle_level", "10"], "pass --num_inference_steps 2"),
+                           (["2", "--cm_middle_level", "39"], "--cm_middle_level must be below 39")):
+        with pytest.raises(SystemExit):
+            main([*common, "--num_inference_steps", *flags])
+        assert message in capsys.readouterr().err

@@ -500,3 +500,19 @@ def test_trust_remote_code_lets_a_folder_with_its_own_pipeline_code_load(tiny_pi
         main(argv)
     (result,) = main(argv + ["--trust_remote_code"])
     assert result["pipeline_class"] == "NoisePipeline" and result["fid"] > 100  # noise is far from CIFAR-10
+
+
+def test_a_gan_pipeline_is_scored_with_its_batchnorm_mode(tmp_path, inception):
+    """evaluate_fid.py scores a GANPipeline (its model type's settings: --gan_batchnorm), eval and train
+    modes giving other images. It had raised a TypeError in every GAN scoring since #32, seen by slow
+    tests only."""
+    from models.baselines import ConvDecoder
+    from pipelines import GANPipeline
+
+    torch.manual_seed(0)
+    GANPipeline(decoder=ConvDecoder(8, 10, base_channels=8).eval()).save_pretrained(tmp_path / "gan")
+    common = ["--pipeline", str(tmp_path / "gan"), "--dataset_name", str(SAMPLE_CIFAR10),
+              "--split", "test", "--resolution", "8", "--num_reference", "8", "--num_samples", "4", "--batch_size", "4",
+              "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache")]
+    rows = [main([*common, "--gan_batchnorm", mode])[0] for mode in ("eval", "train")]
+    assert [r["batchnorm"] for r in rows] == ["eval", "train"] and rows[0]["fid"] != rows[1]["fid"]

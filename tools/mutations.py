@@ -364,7 +364,7 @@ MUTATIONS = [
       "smallgen/objectives/flow.py", [("network(self.memory_format(noisy), t * TIMESTEP_SCALE)", "network(self.memory_format(noisy), t)")],
       ["tests/test_flow.py::test_the_unet_sees_timestep_1000_t_in_training_as_the_schedulers_sample"]),
     m("meanflow-tangent-on-r", "MeanFlow's du/dt is the total derivative along the path: tangents v on z_t, 1 on t, 0 on r",
-      "models/meanflow.py", [("(velocity, torch.ones_like(t), torch.zeros_like(r))", "(velocity, torch.ones_like(t), torch.ones_like(r))")],
+      "models/meanflow.py", [("torch.zeros_like(r[apart])", "torch.ones_like(r[apart])")],
       ["tests/test_meanflow.py::test_the_target_is_the_meanflow_identity_with_a_jvp_equal_to_a_finite_difference"]),
     m("meanflow-target-sign", "MeanFlow's target is u_tgt = v - (t - r) du/dt", "models/meanflow.py",
       [("target = velocity - _column(", "target = velocity + _column(")],

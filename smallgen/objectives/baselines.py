@@ -47,7 +47,7 @@ class GANEvaluationArguments:
         choices=("eval", "train"))
 
 
-def gan_evaluation_settings(pipeline, args) -> list[dict]:
+def gan_evaluation_settings(cls, pipeline, args) -> list[dict]:
     return [{"batchnorm": args.gan_batchnorm}]
 
 

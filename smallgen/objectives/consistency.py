@@ -18,7 +18,7 @@ import torch
 from models.consistency import GAP_DECAY, P_MEAN, P_STD, SIGMA_MAX, SIGMA_MIN
 from models.edm import SIGMA_DATA
 from smallgen.arguments import flag
-from smallgen.errors import ConfigError
+from smallgen.errors import ConfigError, UserError
 from smallgen.objectives.base import ModelCardText
 from smallgen.objectives.edm import EDMObjective
 from smallgen.objectives.unet_base import UNetArguments, UNetObjective
@@ -57,12 +57,37 @@ class ConsistencyArguments:
                               "--init_from is the one trained")
 
 
+@dataclass
+class ConsistencyEvaluationArguments:
+    """evaluate_fid.py: the level a 2-step consistency sample passes through."""
+
+    cm_middle_level: list[int] | None = flag(
+        None, "Consistency pipelines, 2 steps: through level i of the scheduler's Karras levels (0: sigma_max; "
+              "default 2 steps: the middle one, 20 of 40: sigma 2.24); several values sweep (timesteps=[i, 0]).",
+        group="consistency pipelines", at_least=1, nargs="+")
+
+
+def consistency_evaluation_settings(cls, pipeline, args) -> list[dict]:
+    """One setting per --cm_middle_level (the pipeline's ``timesteps=[i, 0]``), else the steps alone."""
+    if args.cm_middle_level is None:
+        return [{}]
+    levels = pipeline.scheduler.config.num_train_timesteps
+    if list(args.num_inference_steps) != [2]:
+        raise UserError("--cm_middle_level picks the level of a 2-step sample: pass --num_inference_steps 2")
+    if max(args.cm_middle_level) >= levels - 1:
+        raise UserError(f"--cm_middle_level must be below {levels - 1} (the pipeline's scheduler has {levels} "
+                        f"levels, the last sigma_min); got {max(args.cm_middle_level)}")
+    return [{"timesteps": [level, 0]} for level in dict.fromkeys(args.cm_middle_level)]
+
+
 class ConsistencyObjective(UNetObjective):
     name = "consistency"
     arguments = (UNetArguments, ConsistencyArguments)
     pipeline_classes = ("ConsistencyPipeline",)
     samplers = {"cm": Sampler("diffusers:CMStochasticIterativeScheduler")}  # evaluate_fid.py: 1-4 steps
     fast_sampler = ("cm", 1)
+    evaluation_arguments = (ConsistencyEvaluationArguments,)
+    evaluation_settings = classmethod(consistency_evaluation_settings)
 
     def __init__(self, data_args, model_args, train_args, labels=None):
         from models.consistency import ConsistencyParameterization
