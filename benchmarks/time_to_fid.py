@@ -35,6 +35,9 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
     "quickstart-consistency": ("configs/quickstart-consistency.yaml", [], ["cm"]),  # needs --init_from (sampling_cost.py)
     "quickstart-consistency-2stages": ("configs/quickstart-consistency.yaml", ["--ct_stages", "2"], ["cm"]),  # the same
     "quickstart-meanflow": ("configs/quickstart-meanflow.yaml", [], ["meanflow"]),
+    "quickstart-meanflow-cifar": ("configs/quickstart-meanflow.yaml", [  # the official CIFAR-10 settings
+        "--meanflow_ratio", "0.75", "--meanflow_logit_mean", "-2.0", "--meanflow_logit_std", "2.0",
+        "--meanflow_weighting_power", "0.75"], ["meanflow"]),
     "diffusers-example": ("configs/diffusers-example.yaml", []),
     "vae": ("configs/cifar10-vae.yaml", []),
     "dcgan": ("configs/cifar10-dcgan.yaml", []),
