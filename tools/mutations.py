@@ -367,7 +367,7 @@ MUTATIONS = [
       "models/meanflow.py", [("torch.zeros_like(r[apart])", "torch.ones_like(r[apart])")],
       ["tests/test_meanflow.py::test_the_target_is_the_meanflow_identity_with_a_jvp_equal_to_a_finite_difference"]),
     m("meanflow-target-sign", "MeanFlow's target is u_tgt = v - (t - r) du/dt", "models/meanflow.py",
-      [("target = velocity - _column(", "target = velocity + _column(")],
+      [("return u, velocity - _column(", "return u, velocity + _column(")],
       ["tests/test_meanflow.py::test_the_target_is_the_meanflow_identity_with_a_jvp_equal_to_a_finite_difference"]),
     m("meanflow-jvp-on-fused-attention", "the JVP runs through the UNet's attention (math kernel: the fused ones lack forward AD)",
       "models/meanflow.py", [("    with sdpa_kernel(SDPBackend.MATH):\n", "    if True:\n")],
