@@ -7,10 +7,10 @@ Under the CPU time-to-FID protocol (benchmarks/time_to_fid.py: 16 px, 1,000 samp
 train images). The "nfe" table trains the quick start for 5 minutes (the teacher), tunes it into a
 consistency model for 5 more (configs/quickstart-consistency.yaml, --init_from the teacher), trains
 the quick start for 10 minutes (the same minutes in all) and the DCGAN for 5. The "few_step" table
-gives every generator of one or two calls ten minutes of training in all: MeanFlow from scratch
-(configs/quickstart-meanflow.yaml), the consistency model as the 5-minute teacher plus 5 minutes of
-tuning (and tuned with 2 stages instead of 4; its 2-step middle level swept), the DCGAN, and MeanFlow
-again with the settings of the paper's CIFAR-10 runs.
+gives every generator of one or two calls ten minutes of training in all: MeanFlow from scratch with
+the flags' defaults (the paper's ImageNet settings), the consistency model as the 5-minute teacher plus
+5 minutes of tuning (and tuned with 2 stages instead of 4; its 2-step middle level swept), the DCGAN,
+and MeanFlow as configs/quickstart-meanflow.yaml trains it (the paper's CIFAR-10 settings).
 
 Each row is one evaluate_fid.py setting; img/s is timed afterwards in this process, row after row, on
 the same images (so evaluate_fid's own timing, which other work on the machine may slow, is not used).
@@ -44,7 +44,7 @@ TABLES = {  # name: (runs trained in this order, rows: (run, its minutes, sample
     ]),
     "few_step": ([("quickstart-meanflow", 10), ("dcgan", 10), TEACHER, ("quickstart-consistency", 5),
                   ("quickstart-consistency-2stages", 5), ("quickstart-meanflow-cifar", 10)], [
-        ("quickstart-meanflow", 10, "meanflow", [1, 2], []),
+        ("quickstart-meanflow", 10, "meanflow", [1, 2], []),  # 25% r < t, logit-normal(-0.4, 1), p 1
         ("dcgan", 10, None, [None], []),
         ("quickstart-consistency", 5, "cm", [1, 2], []),  # 2 steps: through level 20 of 40 (sigma 2.24)
         ("quickstart-consistency", 5, "cm", [2], ["--cm_middle_level", "16", "24"]),  # sigma 5.4 and 0.83
