@@ -265,3 +265,28 @@ print(type(pipe).__name__, float(np.abs(images - np.load({str(tmp_path / "ours.n
     assert result.returncode == 0, result.stderr[-2000:]
     name, difference = result.stdout.split()
     assert name == class_name and float(difference) == 0.0
+
+
+def train_on_red_and_blue(tmp_path, model_type: str, pipeline_class):
+    """A tiny UNet of ``model_type`` trained 300 steps on red_and_blue at 8 px; its pipeline, loaded back."""
+    import json
+
+    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
+    config.update(block_out_channels=[32, 64], norm_num_groups=8, dropout=0.0)
+    (tmp_path / "unet.json").write_text(json.dumps(config))
+    data = red_and_blue(tmp_path / "data")
+    out = tmp_path / "run"
+    run_training(tiny_args(None, tmp_path / "unet.json", out, model_type=model_type, dataset_name=data, resolution=8,
+                           train_batch_size=16, learning_rate=2e-3, lr_warmup_steps=10, validation_fraction=0.125,
+                           max_train_steps=300, logging_steps=50, checkpointing_steps=300))
+    pipe = pipeline_class.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assert_red_or_blue(images) -> None:
+    """Each image (N, H, W, 3 floats) one colour, red or blue, not a purple mean; both colours present."""
+    red, green, blue = (images[..., c].mean(axis=(1, 2)) for c in range(3))
+    assert (abs(red - blue) > 0.3).all(), (red, blue)  # each image one colour, not both half-way
+    assert (green < 0.35).all(), green
+    assert (red > blue).any() and (blue > red).any(), (red, blue)  # both modes, none dropped

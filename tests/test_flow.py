@@ -11,15 +11,15 @@ import torch
 
 from models.flow import FlowMatchingLoss
 from smallgen.errors import ConfigError
-from tests.conftest import ROOT
 from tests.helpers import (
+    assert_red_or_blue,
     assert_same_checkpoint,
     assert_same_images_without_this_project,
     kill_9_then_resume,
     launch_two_processes,
-    red_and_blue,
     run_training,
     tiny_args,
+    train_on_red_and_blue,
 )
 
 
@@ -158,22 +158,9 @@ def test_flow_learns_a_two_colour_set(tmp_path):
     """Trained on red and on blue images, the sampled images are red or blue (both), not a purple mean."""
     from pipelines.pipeline_flow import FlowMatchPipeline
 
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(block_out_channels=[32, 64], norm_num_groups=8, dropout=0.0)
-    (tmp_path / "unet.json").write_text(json.dumps(config))
-    data = red_and_blue(tmp_path / "data")
-    out = tmp_path / "run"
-    run_training(tiny_args(None, tmp_path / "unet.json", out, model_type="flow", dataset_name=data, resolution=8,
-                           train_batch_size=16, learning_rate=2e-3, lr_warmup_steps=10, validation_fraction=0.125,
-                           max_train_steps=300, logging_steps=50, checkpointing_steps=300))
-    pipe = FlowMatchPipeline.from_pretrained(out)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0), num_inference_steps=10,
-                  output_type="np").images
-    red, green, blue = (images[..., c].mean(axis=(1, 2)) for c in range(3))
-    assert (np.abs(red - blue) > 0.3).all(), (red, blue)  # each image one colour, not both half-way
-    assert (green < 0.35).all(), green
-    assert (red > blue).any() and (blue > red).any(), (red, blue)  # both modes, none dropped
+    pipe = train_on_red_and_blue(tmp_path, "flow", FlowMatchPipeline)
+    assert_red_or_blue(pipe(batch_size=16, generator=torch.Generator().manual_seed(0), num_inference_steps=10,
+                            output_type="np").images)
 
 
 def test_the_unet_sees_timestep_1000_t_in_training_as_the_schedulers_sample(sprites_dir, tiny_unet_config, tmp_path):

@@ -15,13 +15,14 @@ from models.meanflow import WEIGHTING_EPS, MeanFlowLoss
 from smallgen.errors import ConfigError
 from tests.conftest import ROOT
 from tests.helpers import (
+    assert_red_or_blue,
     assert_same_checkpoint,
     assert_same_images_without_this_project,
     kill_9_then_resume,
     launch_two_processes,
-    red_and_blue,
     run_training,
     tiny_args,
+    train_on_red_and_blue,
 )
 
 
@@ -185,22 +186,9 @@ def test_meanflow_learns_a_two_colour_set_in_one_call(tmp_path):
     purple mean."""
     from pipelines import MeanFlowPipeline
 
-    config = json.loads((ROOT / "configs/models/unet-tiny.json").read_text())
-    config.update(block_out_channels=[32, 64], norm_num_groups=8, dropout=0.0)
-    (tmp_path / "unet.json").write_text(json.dumps(config))
-    data = red_and_blue(tmp_path / "data")
-    out = tmp_path / "run"
-    run_training(tiny_args(None, tmp_path / "unet.json", out, model_type="meanflow", dataset_name=data, resolution=8,
-                           train_batch_size=16, learning_rate=2e-3, lr_warmup_steps=10, validation_fraction=0.125,
-                           max_train_steps=300, logging_steps=50, checkpointing_steps=300))
-    pipe = MeanFlowPipeline.from_pretrained(out)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0), num_inference_steps=1,
-                  output_type="np").images
-    red, green, blue = (images[..., c].mean(axis=(1, 2)) for c in range(3))
-    assert (np.abs(red - blue) > 0.3).all(), (red, blue)  # each image one colour, not both half-way
-    assert (green < 0.35).all(), green
-    assert (red > blue).any() and (blue > red).any(), (red, blue)  # both modes, none dropped
+    pipe = train_on_red_and_blue(tmp_path, "meanflow", MeanFlowPipeline)
+    assert_red_or_blue(pipe(batch_size=16, generator=torch.Generator().manual_seed(0), num_inference_steps=1,
+                            output_type="np").images)
 
 
 def test_meanflow_flags_are_checked_reach_the_loss_and_only_meanflow_takes_them(sprites_dir, tiny_unet_config,
