@@ -78,7 +78,7 @@ class ClassConditionalPipeline(PortablePipeline):
     """``pipe(class_labels=[3, 3, 5], guidance_scale=2.0, num_inference_steps=50, generator=...)``.
 
     Labels are class indices or names (``pipe.class_names``); ``class_labels=None`` draws
-    ``batch_size`` unconditional samples. A context model also takes ``context=[[1, 0, 0, 0, 1]]``.
+    ``batch_size`` unconditional samples. A context model also takes ``context=[[1, 0, 0, 0, 1]]`` (one row alone is one image's).
     """
 
     model_cpu_offload_seq = "label_embedding->unet"
@@ -102,7 +102,7 @@ class ClassConditionalPipeline(PortablePipeline):
                 return None
             indices = self.label_indices(class_labels).to(device)
             return torch.nn.functional.one_hot(indices, len(self.class_names)) if multi_label else indices
-        rows = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)
+        rows = torch.as_tensor(np.atleast_2d(np.asarray(context, dtype=np.float32)), device=device)  # one row: one image
         if rows.ndim != 2 or rows.shape[1] != len(self.class_names):
             raise ValueError(f"context must be rows of {len(self.class_names)} values ({', '.join(self.class_names)})")
         return rows

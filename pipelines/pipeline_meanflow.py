@@ -12,6 +12,8 @@ evenly spaced from 1 to 0 (1 step: noise to image in one call).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
@@ -21,6 +23,18 @@ from .portable_pipeline import PortablePipeline
 # The UNet sees 10 t and 10 (t - r): at diffusers' flow scale (1000 t) the time embedding makes u so steep
 # in t that du/dt, which the training target holds, is ~50x |u| at initialisation; at 10 it is ~1.3x.
 TIME_SCALE = 10.0
+
+
+@contextlib.contextmanager
+def _inputs_cast_to_weights(module: torch.nn.Module):
+    """diffusers' UNet gives its "timestep" class embedding the float32 output of its time projection (its own
+    time path casts it, that one not): a UNet in any other dtype needs the cast."""
+    dtype = next(module.parameters()).dtype
+    hook = module.register_forward_pre_hook(lambda _, inputs: tuple(x.to(dtype) for x in inputs))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 class MeanFlowPipeline(PortablePipeline):
@@ -33,11 +47,9 @@ class MeanFlowPipeline(PortablePipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
 
     def average_velocity(self, sample: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-        """u(z_end, start, end) in float32. A half-precision UNet runs under autocast: its class embedding
-        is given the float32 output of diffusers' time projection, which its own time path casts, this not."""
-        batch = sample.shape[0]
-        dtype = self.unet.dtype
-        with torch.autocast(sample.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        """u(z_end, start, end) in float32, the UNet in its own dtype (float16, bfloat16, float64 too)."""
+        batch, dtype = sample.shape[0], self.unet.dtype
+        with _inputs_cast_to_weights(self.unet.class_embedding):
             return self.unet(sample.to(dtype), (end * TIME_SCALE).expand(batch),
                              class_labels=((end - start) * TIME_SCALE).expand(batch)).sample.float()
 

@@ -6,6 +6,8 @@ are declared with ``flag``: the default, the help text, the ``--help`` group, an
 (``choices``, a range with ``at_least``/``above``/``below``). Its ``__post_init__`` calls
 ``check_flags``, which refuses a value outside them with a ConfigError naming the flag, and never
 changes a value. ``build_parser`` turns the classes into one argparse parser grouped for ``--help``.
+A renamed flag lists its old names (``old_names``): they still work for a release, with a FutureWarning
+naming the new one, on the command line (``build_parser``) and in recipes (``renamed_keys``).
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import warnings
 from dataclasses import field
 
 from smallgen.errors import ConfigError
 
 RANGE_KEYS = ("at_least", "above", "below")
-OUR_KEYS = ("group", *RANGE_KEYS)  # metadata argparse does not take
+OUR_KEYS = ("group", "old_names", *RANGE_KEYS)  # metadata argparse does not take
 
 
-def flag(default, help: str, *, group: str, choices=None, at_least=None, above=None, below=None, nargs=None):
+def flag(default, help: str, *, group: str, choices=None, at_least=None, above=None, below=None, nargs=None,
+         old_names: tuple[str, ...] = ()):
     """A dataclass field: its default (a list is copied for each instance), help text, ``--help`` group,
-    choices and range. A default of None makes the flag optional ('none' on the command line clears it)."""
-    metadata = {"help": help, "group": group, "at_least": at_least, "above": above, "below": below}
+    choices and range. A default of None makes the flag optional ('none' on the command line clears it).
+    ``old_names``: the names it had before a rename, accepted with a warning for a release."""
+    metadata = {"help": help, "group": group, "at_least": at_least, "above": above, "below": below,
+                "old_names": tuple(old_names)}
     if choices is not None:
         metadata["choices"] = list(choices)
     if nargs is not None:
@@ -60,6 +66,37 @@ def non_default_fields(part: type, arguments) -> list[str]:
         return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
 
     return [item.name for item in dataclasses.fields(part) if getattr(arguments, item.name) != default(item)]
+
+
+def renamed_flags(classes) -> dict[str, str]:
+    """{old name: current name} of every renamed flag of ``classes``."""
+    return {old: item.name for cls in classes for item in dataclasses.fields(cls)
+            for old in item.metadata.get("old_names", ())}
+
+
+def warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"--{old} was renamed --{new}; the old name will stop working in a future release",
+                  FutureWarning, stacklevel=3)
+
+
+def renamed_keys(values: dict, classes, where: str) -> dict:
+    """A recipe's keys with old flag names replaced by the current ones (warned); both given: ConfigError."""
+    values = dict(values)
+    for old, new in renamed_flags(classes).items():
+        if old in values:
+            if new in values:
+                raise ConfigError(f"{where} sets both {old} and {new} (its new name): keep {new}")
+            warn_renamed(old, new)
+            values[new] = values.pop(old)
+    return values
+
+
+class _RenamedFlag(argparse.Action):
+    """An old name of a flag: stores into the current one, with a warning naming it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_renamed(option_string.lstrip("-"), self.dest)
+        setattr(namespace, self.dest, values)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -112,6 +149,11 @@ def build_parser(classes, description: str, groups: list[str], usage: str | None
             group._group_actions.append(action)
             if action.dest in optional and action.type is not None:
                 action.type = none_or(action.type)
+    actions = {action.dest: action for action in parser._actions}
+    for old, new in renamed_flags(classes).items():  # hidden from --help: the new name is the one to learn
+        current = actions[new]
+        parser.add_argument(f"--{old}", dest=new, action=_RenamedFlag, type=current.type, nargs=current.nargs,
+                            choices=current.choices, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     return parser
 
 

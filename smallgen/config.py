@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from smallgen.arguments import build_parser as build_flag_parser
-from smallgen.arguments import check_flags, flag, non_default_fields, parse_into
+from smallgen.arguments import check_flags, flag, non_default_fields, parse_into, renamed_keys
 from smallgen.errors import ConfigError
 from smallgen.objectives import MODEL_TYPES, argument_parts, check_model_arguments
 
@@ -223,6 +223,7 @@ def load_config_file(path: str) -> dict:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path!r} must be a mapping of flag names to values")
+    values = renamed_keys(values, ARGUMENT_CLASSES, path)
     unknown = sorted(set(values) - _valid_keys())
     if unknown:
         raise ConfigError(

@@ -99,6 +99,10 @@ def find_snapshots(run: str, step: int | None) -> tuple[list[Snapshot], int]:
     used = [s for s in snapshots if s.step <= step]
     if step > snapshots[-1].step or not used:
         raise UserError(f"--step {step}: the snapshots cover steps {snapshots[0].step} to {snapshots[-1].step}")
+    if used[-1].step != step:  # EDM2 rebuilds at a snapshot's step only: between two, the fit is poor
+        after = next(s.step for s in snapshots if s.step > step)
+        raise UserError(f"--step {step}: no snapshot was stored at that step; the nearest are steps "
+                        f"{used[-1].step} and {after} (pass one of them)")
     return used, step
 
 

@@ -9,6 +9,29 @@ from tests.conftest import ROOT
 from tests.helpers import script
 
 
+def test_a_renamed_flag_keeps_its_old_name_for_a_release_with_a_warning(tmp_path):
+    """--ddim_num_inference_steps became --grid_num_inference_steps: the old name still sets it, on the command
+    line and in a recipe, warning with the new name; a recipe with both is refused; --help shows the new one."""
+    from smallgen.config import parse_args
+
+    renamed = "--ddim_num_inference_steps was renamed --grid_num_inference_steps"
+    with pytest.warns(FutureWarning, match=renamed):
+        assert parse_args(["--ddim_num_inference_steps", "7"])[1].grid_num_inference_steps == 7
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("ddim_num_inference_steps: 9\n")
+    with pytest.warns(FutureWarning, match=renamed):
+        assert parse_args(["--config", str(recipe)])[1].grid_num_inference_steps == 9
+    with pytest.warns(FutureWarning, match=renamed):  # the command line still beats the recipe
+        assert parse_args(["--config", str(recipe), "--grid_num_inference_steps", "4"])[1].grid_num_inference_steps == 4
+    recipe.write_text("ddim_num_inference_steps: 9\ngrid_num_inference_steps: 4\n")
+    with pytest.raises(ConfigError, match="sets both ddim_num_inference_steps and grid_num_inference_steps"):
+        parse_args(["--config", str(recipe)])
+    with pytest.raises(ConfigError, match="--grid_num_inference_steps must be at least 1"):
+        parse_args(["--ddim_num_inference_steps", "0"])
+    done = script("train_unconditional.py", "--help")
+    assert "--grid_num_inference_steps" in done.stdout and "--ddim_num_inference_steps" not in done.stdout
+
+
 def test_config_file_and_flag_errors(tmp_path, sprites_dir):
     from smallgen.config import parse_args
 

@@ -326,6 +326,20 @@ def test_dtype_round_trip(name, tmp_path):
 # ----------------------------------------------------------------------------- saving and loading
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_float64_samples_as_float32_does(name):
+    """pipe.to(float64) casts every network and samples what float32 samples, to float32's rounding
+    (DDPMPipeline draws its noise in the network's dtype: other images, in float64)."""
+    expected = images(build(name), name)
+    pipeline = build(name).to(torch.float64)
+    assert module_dtypes(pipeline) == {torch.float64}
+    drawn = images(pipeline, name)
+    if CASES[name].reference:
+        assert drawn.dtype == np.float64 and drawn.shape == expected.shape
+    else:
+        assert np.abs(drawn.astype(np.float64) - expected).max() < 1e-3
+
+
 def saved_files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 

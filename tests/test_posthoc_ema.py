@@ -235,11 +235,14 @@ def test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best(spri
     from smallgen import reconstruction
 
     scripted = iter([(3.0, 0.1), (1.0, 0.3), (2.0, 0.2), (5.0, 0.5)])  # FID and KID disagree on the best
-    monkeypatch.setattr(reconstruction, "score", lambda pipeline, folder, evaluation: dict(
-        zip(("fid", "kid_mean", "kid_std", "precision", "recall"), (*next(scripted), 0.0, 0.5, 0.5))))
+    counts = []  # --num_samples wins over the run's --evaluate_num_samples (4)
+    monkeypatch.setattr(reconstruction, "score", lambda pipeline, folder, evaluation: counts.append(
+        evaluation.num_samples) or dict(zip(("fid", "kid_mean", "kid_std", "precision", "recall"),
+                                            (*next(scripted), 0.0, 0.5, 0.5))))
     by_kid = reconstruct_ema(["--run", str(run), "--sigma_rel", "0.03", "0.08", "0.15", "--select", "kid",
-                              "--no_export"])
+                              "--no_export", "--num_samples", "3"])
     assert by_kid["chosen"]["sigma_rel"] == 0.03 and by_kid["trained"]["fid"] == 5.0
+    assert counts == [3, 3, 3, 3] and by_kid["num_samples"] == 3
 
 
 def test_reconstruct_ema_refuses_what_it_cannot_use(tmp_path, capsys):
@@ -267,6 +270,10 @@ def test_reconstruct_ema_refuses_what_it_cannot_use(tmp_path, capsys):
     phema.save_snapshot(ema, str(run), 1)
     with pytest.raises(UserError, match="cover steps 1 to 1"):
         find_snapshots(str(run), 5)
+    phema.save_snapshot(ema, str(run), 4)
+    with pytest.raises(UserError, match="--step 3: no snapshot was stored at that step; the nearest are steps 1 and 4"):
+        find_snapshots(str(run), 3)  # EDM2 refuses it too: between snapshots the fit is poor
+    assert [s.step for s in find_snapshots(str(run), 4)[0]] == [1, 4]
     (run / "posthoc-ema" / "step-00000002.safetensors").write_bytes(b"cut short")
     with pytest.raises(UserError, match="step-00000002.safetensors is not a post-hoc EMA snapshot"):
         find_snapshots(str(run), None)
@@ -289,6 +296,7 @@ def test_the_tracked_profiles_are_a_list_flag_of_recipes_too(tmp_path):
             parse_args(["--config", str(recipe)])
     for argv, message in ((["--posthoc_ema_sigma_rels", "0.07"], "needs --posthoc_ema"),
                           (["--posthoc_ema", "--posthoc_ema_sigma_rels", "0.07", "0.07"], "must differ"),
-                          (["--posthoc_ema", "--posthoc_ema_sigma_rels", "0.3"], "must be above 0 and below")):
+                          (["--posthoc_ema", "--posthoc_ema_sigma_rels", "0.3"], "must be above 0 and below"),
+                          (["--posthoc_ema", "--posthoc_ema_sigma_rels", "0.07", "0.3"], "got 0.3")):  # every value
         with pytest.raises(ConfigError, match=message):
             parse_args(argv)

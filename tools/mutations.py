@@ -388,9 +388,11 @@ MUTATIONS = [
       "pipelines/pipeline_meanflow.py", [("self.average_velocity(sample, times[i + 1], times[i])",
                                            "self.average_velocity(sample, times[i], times[i])")],
       ["tests/test_meanflow.py::test_one_step_is_noise_minus_u_and_two_steps_halve_the_interval"]),
-    m("meanflow-half-precision-without-autocast", "a float16 MeanFlowPipeline samples (its class embedding gets float32)",
-      "pipelines/pipeline_meanflow.py", [("enabled=dtype != torch.float32", "enabled=False")],
-      [f"{CONVENTIONS}::test_dtype_round_trip[MeanFlowPipeline]"]),
+    m("meanflow-class-embedding-not-cast", "a float16 or float64 MeanFlowPipeline samples (its class embedding gets "
+      "float32)", "pipelines/pipeline_meanflow.py",
+      [("with _inputs_cast_to_weights(self.unet.class_embedding):", "with contextlib.nullcontext():")],
+      [f"{CONVENTIONS}::test_dtype_round_trip[MeanFlowPipeline]",
+       f"{CONVENTIONS}::test_float64_samples_as_float32_does[MeanFlowPipeline]"]),
     m("cm-middle-level-ignored", "evaluate_fid --cm_middle_level i scores 2 steps through level i",
       "smallgen/objectives/consistency.py",
       [('return [{"timesteps": [level, 0]} for level in', 'return [{} for level in')],
@@ -716,6 +718,27 @@ MUTATIONS = [
       [("        if not self.model_args.init_from:\n            return super().make_unet(**condition)",
         "        if True:\n            return super().make_unet(**condition)")],
       ["tests/test_consistency.py::test_tuning_starts_from_the_edm_runs_exported_unet"]),
+    m("reconstruct-step-between-snapshots", "reconstruct_ema.py --step refuses a step without a snapshot, naming the "
+      "nearest", "smallgen/reconstruction.py", [("    if used[-1].step != step:  # EDM2", "    if False:  # EDM2")],
+      ["tests/test_posthoc_ema.py::test_reconstruct_ema_refuses_what_it_cannot_use"]),
+    m("reconstruct-num-samples-loses", "reconstruct_ema.py --num_samples wins over the run's scoring count",
+      "smallgen/reconstruction.py", [('num_samples = args.num_samples or run.training.get("evaluate_num_samples")',
+                                      'num_samples = run.training.get("evaluate_num_samples") or args.num_samples')],
+      ["tests/test_posthoc_ema.py::test_reconstruct_ema_scores_each_length_as_the_run_and_exports_the_best"]),
+    m("list-flag-range-first-value-only", "a list flag's range check covers every value", "smallgen/arguments.py",
+      [("for one in value if isinstance(value, list) else [value]:",
+        "for one in value[:1] if isinstance(value, list) else [value]:")],
+      ["tests/test_posthoc_ema.py::test_the_tracked_profiles_are_a_list_flag_of_recipes_too"]),
+    m("renamed-flag-old-name-dropped", "--ddim_num_inference_steps still works, warning with its new name",
+      "smallgen/objectives/unet_base.py", [('old_names=("ddim_num_inference_steps",)', "old_names=()")],
+      [f"{CONFIG}::test_a_renamed_flag_keeps_its_old_name_for_a_release_with_a_warning"]),
+    m("renamed-flag-recipe-key-refused", "a recipe's old flag name still works, warning with its new name",
+      "smallgen/config.py", [("    values = renamed_keys(values, ARGUMENT_CLASSES, path)\n", "")],
+      [f"{CONFIG}::test_a_renamed_flag_keeps_its_old_name_for_a_release_with_a_warning"]),
+    m("context-row-not-one-image", "ClassConditionalPipeline takes one context row as one image's (diffusers' mixin "
+      "passes it so)", "pipelines/pipeline_conditional.py",
+      [("np.atleast_2d(np.asarray(context, dtype=np.float32))", "np.asarray(context, dtype=np.float32)")],
+      ["tests/test_diffusers_pipeline_mixin.py::ContextConditionalPipelineFastTests::test_save_load_local"]),
     m("edm-unipc-state-unscaled", "EDM UniPC converts UniPC's coordinates to EDM's", "pipelines/scheduling_edm_unipc.py",
       [("state = sample.to(torch.float32) * (1 + sigma ** 2).sqrt()", "state = sample.to(torch.float32)")],
       ["tests/test_edm.py::test_edm_unipc_at_order_1_is_diffusers_edm_dpmsolver_at_order_1"]),
@@ -742,15 +765,51 @@ def apply(text: str, mutation: Mutation) -> str | None:
     return text
 
 
+PRELOADED = ("torch", "numpy", "safetensors", "diffusers", "accelerate", "transformers", "datasets", "PIL", "pytest")
+
+
+def preload() -> None:
+    """Import the heavy libraries once (seconds each time otherwise); each mutation's pytest runs in a fork
+    of this process, which imports the project's own modules afresh from the mutated tree."""
+    import importlib
+
+    for name in PRELOADED:
+        importlib.import_module(name)
+    from diffusers import DDPMPipeline, UNet2DModel  # noqa: F401 (diffusers loads these lazily)
+
+
 def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
-    try:
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                   "-m", "slow or not slow", *tests]  # a named test runs even when it is marked slow
-        result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return -1, "timed out"
-    return result.returncode, result.stdout[-1500:] + result.stderr[-1500:]
+    """pytest on ``tests`` in a forked child (its output in a file): exit code and the output's tail."""
+    import signal
+
+    log = tree / ".mutation-log"
+    pid = os.fork()
+    if pid == 0:  # the child: the tree's modules, a fresh pytest session
+        code = 3
+        try:
+            os.chdir(tree)
+            sys.path.insert(0, str(tree))
+            os.environ.update(PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+            with open(log, "w") as out:
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                import pytest
+
+                code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow", *tests]))
+        finally:  # a named test runs even when it is marked slow
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -1, "timed out"
+        time.sleep(0.05)
+    output = log.read_text(errors="replace") if log.exists() else ""
+    return os.waitstatus_to_exitcode(status), output[-3000:]
 
 
 def check_mutation(tree: Path, mutation: Mutation, timeout: int) -> tuple[str, str]:
@@ -770,6 +829,57 @@ def check_mutation(tree: Path, mutation: Mutation, timeout: int) -> tuple[str, s
     return verdict, output
 
 
+def worker(mutations: list[Mutation], timeout: int, verbose: bool, results) -> None:
+    """One process: its own copy of the tree, its mutations one at a time, one thread (the others share
+    the cores), each verdict put on ``results`` as (name, verdict, seconds, output)."""
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    preload()
+    with tempfile.TemporaryDirectory(prefix="smallgen-mutations-") as folder:
+        tree = Path(folder) / ROOT.name
+        copy_tree(tree)
+        if (ROOT.parent / "shared").is_dir():  # beside the copy as beside the checkout: its data and test files
+            os.symlink(ROOT.parent / "shared", Path(folder) / "shared")
+        for mutation in mutations:
+            start = time.perf_counter()
+            verdict, output = check_mutation(tree, mutation, timeout)
+            results.put((mutation.name, verdict, time.perf_counter() - start, output))
+
+
+def run_all(chosen: list[Mutation], jobs: int, timeout: int, verbose: bool) -> dict[str, str]:
+    """Every mutation in ``jobs`` worker processes, after the unmutated tree passes; {name: verdict}."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    check = context.Process(target=worker, args=([UNMUTATED], timeout, verbose, results))
+    check.start()
+    _, code, _, output = results.get()
+    check.join()
+    if code != "survived":  # the unmutated tree must pass, or every verdict below means nothing
+        print(f"the unmutated copy fails its tests:\n{output}")
+        sys.exit(2)
+    workers = [context.Process(target=worker, args=(chosen[i::jobs], timeout, verbose, results))
+               for i in range(jobs)]
+    for process in workers:
+        process.start()
+    claims = {mu.name: mu.claim for mu in chosen}
+    verdicts = {}
+    while len(verdicts) < len(chosen):
+        name, verdict, seconds, output = results.get()
+        verdicts[name] = verdict
+        print(f"{verdict:9s} {name:40s} {seconds:6.1f}s  {claims[name]}", flush=True)
+        if verbose or verdict in ("error", "survived"):
+            print("    " + output.strip().replace("\n", "\n    "))
+    for process in workers:
+        process.join()
+    return verdicts
+
+
+# No edit: the unmutated tree must pass this test before any verdict counts.
+UNMUTATED = Mutation("unmutated", "the unmutated tree passes", "tools/mutations.py", (),
+                     ("tests/test_claims.py::test_lr_schedule_counts_optimizer_steps",))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", help="Run only these mutations (names).")
@@ -777,6 +887,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stale", action="store_true", help="Only list the mutations whose text is gone (seconds).")
     parser.add_argument("--timeout", type=int, default=900, help="Seconds per mutation.")
     parser.add_argument("--verbose", action="store_true", help="Print pytest's output for every mutation.")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else (os.cpu_count() or 1), help="Mutations checked at once (default: the cores).")
     args = parser.parse_args(argv)
     chosen = [mu for mu in MUTATIONS if not args.only or mu.name in args.only]
     unknown = set(args.only or ()) - {mu.name for mu in MUTATIONS}
@@ -791,21 +903,7 @@ def main(argv=None) -> int:
                  if not (ROOT / mu.path).exists() or apply((ROOT / mu.path).read_text(), mu) is None]
         print("\n".join(f"stale     {name}" for name in stale) or "none stale")
         return 1 if stale else 0
-    verdicts = {}
-    with tempfile.TemporaryDirectory(prefix="smallgen-mutations-") as folder:
-        tree = Path(folder)
-        copy_tree(tree)
-        code, output = run_tests(tree, ("tests/test_claims.py::test_lr_schedule_counts_optimizer_steps",), args.timeout)
-        if code != 0:  # the unmutated tree must pass, or every verdict below means nothing
-            print(f"the unmutated copy fails its tests:\n{output}")
-            return 2
-        for mutation in chosen:
-            start = time.perf_counter()
-            verdict, output = check_mutation(tree, mutation, args.timeout)
-            verdicts[mutation.name] = verdict
-            print(f"{verdict:9s} {mutation.name:40s} {time.perf_counter() - start:6.1f}s  {mutation.claim}", flush=True)
-            if args.verbose or verdict in ("error", "survived"):
-                print("    " + output.strip().replace("\n", "\n    "))
+    verdicts = run_all(chosen, args.jobs, args.timeout, args.verbose)
     counts = {v: list(verdicts.values()).count(v) for v in ("caught", "survived", "stale", "error")}
     print(", ".join(f"{n} {v}" for v, n in counts.items()))
     return 0 if counts["caught"] == len(verdicts) else 1

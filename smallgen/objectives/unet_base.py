@@ -27,7 +27,7 @@ class UNetArguments:
               "Unset: unet-sprites16 at <= 16 px, else unet-small-cifar10.", group="model")
     grid_num_inference_steps: int = flag(
         50, "Steps of the sample grids' fast samplers (ddpm: DDIM; edm and flow: each of their samplers).",
-        group="sampling (grids)", at_least=1)
+        group="sampling (grids)", at_least=1, old_names=("ddim_num_inference_steps",))
 
 
 class UNetObjective(Objective):
