@@ -12,7 +12,6 @@ import gc
 import importlib
 import sys
 import unittest
-from pathlib import Path
 
 import pytest
 import torch
