@@ -149,11 +149,11 @@ def build_parser(classes, description: str, groups: list[str], usage: str | None
             group._group_actions.append(action)
             if action.dest in optional and action.type is not None:
                 action.type = none_or(action.type)
-    actions = {action.dest: action for action in parser._actions}
     for old, new in renamed_flags(classes).items():  # hidden from --help: the new name is the one to learn
-        current = actions[new]
-        parser.add_argument(f"--{old}", dest=new, action=_RenamedFlag, type=current.type, nargs=current.nargs,
-                            choices=current.choices, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        group = next(g for g in parser._action_groups if any(a.dest == new for a in g._group_actions))
+        current = next(a for a in group._group_actions if a.dest == new)
+        group.add_argument(f"--{old}", dest=new, action=_RenamedFlag, type=current.type, nargs=current.nargs,
+                           choices=current.choices, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     return parser
 
 

@@ -34,11 +34,22 @@ def require_a_working_installation() -> None:
         check_torchvision()
 
 
+BUSY_CORES_VARIABLE = "SMALLGEN_BUSY_CORES"  # a stated load: the cores other work keeps busy, not measured
+
+
 def busy_cores_elsewhere(seconds: float = 0.25) -> float:
     """Cores kept busy over ``seconds`` by processes outside this run: this process and, under a
     multi-process launch (WORLD_SIZE > 1), its launcher and the launcher's children, the other ranks,
-    are left out (an unrelated job started from the same shell is not)."""
+    are left out (an unrelated job started from the same shell is not). SMALLGEN_BUSY_CORES states it
+    instead (a machine whose load will change, or a test that must not depend on it)."""
     import psutil
+
+    stated = os.environ.get(BUSY_CORES_VARIABLE)
+    if stated is not None:
+        try:
+            return float(stated)
+        except ValueError:
+            raise UserError(f"{BUSY_CORES_VARIABLE}={stated!r} is not a number of cores") from None
 
     me = psutil.Process()
     family = {me.pid}

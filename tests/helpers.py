@@ -28,7 +28,9 @@ def ema_weights(checkpoint):
     return [tensors[k] for k in keys]
 
 
-CPU_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# pytest-xdist runs a worker per core (setup.cfg): each test's runs take its share of the cores
+CPU_THREADS = max(1, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 FIXED_GRID_STEPS = ("consistency", "meanflow")  # model types whose grids are drawn in fixed step counts

@@ -278,7 +278,7 @@ MUTATIONS = [
       ["tests/test_budget.py::test_a_resumed_budget_keeps_its_planned_steps"]),
     m("cpu-threads-left-at-one", "accelerate launch trains on every CPU core", "smallgen/trainer.py",
       [("    use_cpu_cores(accelerator, args.cpu_threads)\n", "")],
-      ["tests/test_budget.py::test_accelerate_launch_trains_on_every_core"]),
+      ["tests/test_budget.py::test_accelerate_launch_trains_on_the_cores_left_free"]),
     m("edm-input-not-scaled", "EDMPipeline drives the scheduler as diffusers documents (scaled input)",
       "pipelines/pipeline_edm.py",
       [("            model_input = self.scheduler.scale_model_input(sample, t).to(self.unet.dtype)",
@@ -492,7 +492,10 @@ MUTATIONS = [
     m("busy-cores-ignored", "on the CPU a run takes the cores other processes leave free", "smallgen/environment.py",
       [("    threads = requested or max(1, (cores - round(busy)) // local_processes)",
         "    threads = requested or max(1, cores // local_processes)")],
-      ["tests/test_budget.py::test_a_core_another_process_keeps_busy_is_left_to_it"]),
+      ["tests/test_budget.py::test_accelerate_launch_trains_on_the_cores_left_free"]),
+    m("busy-reading-ignores-others", "a process kept busy elsewhere is seen", "smallgen/environment.py",
+      [("            busy += process.cpu_percent(None)", "            busy += 0 * process.cpu_percent(None)")],
+      ["tests/test_budget.py::test_a_process_kept_busy_elsewhere_is_seen"]),
     m("fid-shares-overlap", "each process draws its own share of the image indices", "smallgen/sample_sources.py",
       [("    first, count = rank * share, max(0, min(share, args.num_samples - rank * share))",
         "    first, count = 0, max(0, min(share, args.num_samples - rank * share))")],
@@ -790,13 +793,30 @@ def preload() -> None:
     from diffusers import DDPMPipeline, UNet2DModel  # noqa: F401 (diffusers loads these lazily)
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
-    """pytest on ``tests`` in a forked child (its output in a file): exit code and the output's tail."""
+PYTEST_ARGS = ("-x", "-q", "-p", "no:cacheprovider", "-n", "0",  # one process: the mutation's few tests
+               "-m", "slow or not slow")  # a named test runs even when it is marked slow
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: int, forked: bool = False) -> tuple[int, str]:
+    """pytest on ``tests`` in ``tree``: exit code and the output's tail. ``forked``: in a fork of this process
+    (which must not have run torch yet: a fork after OpenMP threads started can hang), else a fresh one."""
+    if not forked:
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+        try:
+            result = subprocess.run([sys.executable, "-m", "pytest", *PYTEST_ARGS, *tests], cwd=tree, env=env,
+                                    capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return -1, "timed out"
+        return result.returncode, result.stdout[-1500:] + result.stderr[-1500:]
+    return _run_forked(tree, tests, timeout)
+
+
+def _run_forked(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
     import signal
 
     log = tree / ".mutation-log"
     pid = os.fork()
-    if pid == 0:  # the child: the tree's modules, a fresh pytest session
+    if pid == 0:  # the child: the tree's modules, a fresh pytest session, its output in a file
         code = 3
         try:
             os.chdir(tree)
@@ -807,8 +827,8 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, st
                 os.dup2(out.fileno(), 2)
                 import pytest
 
-                code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow", *tests]))
-        finally:  # a named test runs even when it is marked slow
+                code = int(pytest.main([*PYTEST_ARGS, *tests]))
+        finally:
             os._exit(code)
     deadline = time.monotonic() + timeout
     while True:
@@ -834,7 +854,7 @@ def check_mutation(tree: Path, mutation: Mutation, timeout: int) -> tuple[str, s
         return "stale", "its text is not found exactly once: update the mutation"
     path.write_text(mutated)
     try:
-        code, output = run_tests(tree, mutation.tests, timeout)
+        code, output = run_tests(tree, mutation.tests, timeout, forked=True)
     finally:
         path.write_text(original)
     verdict = {1: "caught", 0: "survived"}.get(code, "error")
