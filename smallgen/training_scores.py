@@ -94,8 +94,7 @@ class TrainingScores:
             images = torch.cat([part for part in gather_object([images]) if part is not None])
         values = torch.zeros(len(SCORES), dtype=torch.float64, device=accelerator.device)
         if accelerator.is_main_process:
-            features = inception_features(images, self.weights, batch_size=self.args.eval_batch_size,
-                                          verbose=False)[POOL]
+            features = inception_features(images, self.weights, verbose=False)[POOL]  # batches as evaluate_fid
             metrics = metrics_from_features(features, self.reference_features, kid_subset_size=self.kid_subset_size)
             metrics["kid"] = metrics.pop("kid_mean")
             values = torch.tensor([metrics[k] for k in SCORES], dtype=torch.float64, device=accelerator.device)
