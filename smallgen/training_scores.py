@@ -64,8 +64,7 @@ class TrainingScores:
         if self.accelerator.is_main_process:
             self.reference_features = reference_features(
                 self.reference, self.weights, cache_name=self.cache_name,
-                cache_root=os.path.join(self.cache, "fidelity"), batch_size=self.args.eval_batch_size,
-                verbose=True)
+                cache_root=os.path.join(self.cache, "fidelity"), verbose=True)  # batches as evaluate_fid
 
     def seconds(self) -> float:
         """One evaluation, estimated on the main process from one timed batch: its share of the sampling

@@ -4,6 +4,7 @@ logged, drawn and exported; planned like the grids; a reference that cannot be u
 import json
 
 import pytest
+import torch
 
 from smallgen import budget
 from smallgen.errors import ConfigError, UserError
@@ -111,10 +112,17 @@ def test_two_processes_each_draw_a_share_and_score_as_evaluate_fid(sprites_dir, 
     assert sorted(p.name for p in (out / "posthoc-ema").iterdir()) == ["step-00000001.safetensors",
                                                                        "step-00000002.safetensors"]
     (last,) = _scored(out)
-    (theirs,) = evaluate_fid(["--pipeline", str(out), "--train_data_dir", str(sprites_dir), "--resolution", "16",
-                              "--num_reference", "8", "--num_samples", "6", "--scheduler", "ddim",
-                              "--num_inference_steps", "50", "--seed", "7", "--inception_weights", inception.path,
-                              "--cache_dir", str(cache)])
+    from tests.helpers import CORES
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CORES)  # as when the suite runs in one process: convolutions round by thread count
+    try:  # (1e-6 of a feature apart at 1 and 2 threads, torch-fidelity's extractor too; FID at rel 1.6e-5)
+        (theirs,) = evaluate_fid(["--pipeline", str(out), "--train_data_dir", str(sprites_dir), "--resolution",
+                                  "16", "--num_reference", "8", "--num_samples", "6", "--scheduler", "ddim",
+                                  "--num_inference_steps", "50", "--seed", "7", "--inception_weights",
+                                  inception.path, "--cache_dir", str(cache)])
+    finally:
+        torch.set_num_threads(threads)
     assert last["step"] == 2 and last["evaluation/fid"] == pytest.approx(theirs["fid"], rel=1e-6)
     assert last["evaluation/kid"] == pytest.approx(theirs["kid_mean"], rel=1e-6, abs=1e-9)
 
