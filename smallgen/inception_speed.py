@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c"
           "Mixed_7a", "Mixed_7b", "Mixed_7c")
 
 
+@functools.lru_cache(maxsize=8)  # made once per image size, not per batch
 def tf1_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """(size_out, size_in): TF 1.x's bilinear resize along one axis, align_corners=False (the source of
     output pixel i is i * size_in / size_out, its two neighbours weighted linearly, the last one repeated)."""

@@ -862,7 +862,7 @@ def check_mutation(tree: Path, mutation: Mutation, timeout: int) -> tuple[str, s
     return verdict, output
 
 
-def worker(mutations: list[Mutation], timeout: int, verbose: bool, results) -> None:
+def worker(mutations: list[Mutation], timeout: int, results) -> None:
     """One process: its own copy of the tree, its mutations one at a time, one thread (the others share
     the cores), each verdict put on ``results`` as (name, verdict, seconds, output)."""
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -884,14 +884,14 @@ def run_all(chosen: list[Mutation], jobs: int, timeout: int, verbose: bool) -> d
 
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    check = context.Process(target=worker, args=([UNMUTATED], timeout, verbose, results))
+    check = context.Process(target=worker, args=([UNMUTATED], timeout, results))
     check.start()
     _, code, _, output = results.get()
     check.join()
     if code != "survived":  # the unmutated tree must pass, or every verdict below means nothing
         print(f"the unmutated copy fails its tests:\n{output}")
         sys.exit(2)
-    workers = [context.Process(target=worker, args=(chosen[i::jobs], timeout, verbose, results))
+    workers = [context.Process(target=worker, args=(chosen[i::jobs], timeout, results))
                for i in range(jobs)]
     for process in workers:
         process.start()
