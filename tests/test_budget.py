@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -204,24 +205,23 @@ def test_off_the_clock_work_keeps_to_its_share_of_a_budget_and_flags_win():
     assert rounds(20, 50, 10) == 3  # resumed at epoch 20: after epochs 30, 40 and 50
 
 
-def test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it(sprites_dir, tiny_unet_config, tmp_path):
+def test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it(sprites_dir, tiny_unet_config, tmp_path,
+                                                                     monkeypatch, capsys):
     """Without --save_images_epochs and --ddpm_num_inference_steps, on the CPU: the run times a round
     of grids and a validation pass, says so before training, draws the rounds it announced (no DDPM
-    grid: T steps on the CPU take minutes) and records its wall time."""
-    from tests.helpers import script
-
-    out = tmp_path / "run"
-    argv = tiny_args(sprites_dir, tiny_unet_config, out, ddpm_num_inference_steps=None, save_images_epochs=None,
-                     num_sample_images=None, max_train_minutes=0.05)
-    result = script("train_unconditional.py", *argv)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("off the clock")]
+    grid: T steps on the CPU take minutes) and records its wall time. The steps run on a steady clock: a
+    re-plan at another pace changes the epoch count, and with it the rounds (CI's busy run drew 3 of 4)."""
+    _steady_steps(monkeypatch, tick=0.1, timed_as=0.1)
+    out, started = tmp_path / "run", time.time()
+    results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, ddpm_num_inference_steps=None,
+                                     save_images_epochs=None, num_sample_images=None, max_train_minutes=0.05))
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("off the clock")]
     assert "sample grids of" in line and "validation" in line, line
     rounds = int(line.split(" a round x ")[1].split(";")[0])
     grids = sorted(p.name for p in (out / "samples").iterdir())
-    assert len(grids) == rounds and all(name.endswith("_ddim.png") for name in grids), (line, grids)
-    results = json.loads((out / "results.json").read_text())
-    assert results["wall_seconds"] > results["training_seconds"] > 0
+    assert rounds > 1 and len(grids) == rounds and all(name.endswith("_ddim.png") for name in grids), (line, grids)
+    # the wall time is the process's, on the real clock (here pytest's worker: at least this test's time)
+    assert results["wall_seconds"] >= time.time() - started - 1 and results["training_seconds"] > 0
 
 
 def test_a_replan_stretches_what_is_left_of_the_lr_schedule():
