@@ -516,3 +516,20 @@ def test_a_gan_pipeline_is_scored_with_its_batchnorm_mode(tmp_path, inception):
               "--inception_weights", inception.path, "--cache_dir", str(tmp_path / "cache")]
     rows = [main([*common, "--gan_batchnorm", mode])[0] for mode in ("eval", "train")]
     assert [r["batchnorm"] for r in rows] == ["eval", "train"] and rows[0]["fid"] != rows[1]["fid"]
+
+
+@pytest.mark.parametrize("sizes", [(5, 40), (40, 5), (30, 30), (40, 50)])
+def test_frechet_distance_is_torch_fidelitys(sizes):
+    """Small sets (fewer rows than the 16 features) take the singular-value path, large ones torch-fidelity's
+    eigenvalues: the same FID either way, on clouds of other means and shapes."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    from smallgen.scores import frechet_distance
+
+    generator = torch.Generator().manual_seed(sum(sizes))
+    mixing = torch.randn(16, 16, generator=generator)
+    samples = torch.randn(sizes[0], 16, generator=generator) @ mixing + 0.5
+    reference = torch.rand(sizes[1], 16, generator=generator) * 3
+    stats = fid_features_to_statistics(samples), fid_features_to_statistics(reference)
+    theirs = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+    assert frechet_distance(samples, reference) == pytest.approx(theirs, rel=1e-6) and theirs > 1.0
