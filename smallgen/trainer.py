@@ -134,10 +134,10 @@ class Trainer:
                         self.stop_for_signal(stop, epoch, saved)
                 # validate: each process its share of the batches, reduced
                 validated = self.validate(check=True) if plan.validates(epoch, self.global_step) else {}
-                # curves (main process)
                 self.log_epoch(epoch, validated)
-                # grids (main process)
+                # grids and loss curves (main process), as often as grids: a redraw of the curves takes 0.25 s
                 if plan.draws_grids(epoch, self.global_step) and accelerator.is_main_process:
+                    self.draw_loss_curves()
                     with self.writing("the sample grids"):
                         self.save_sample_grids(f"epoch_{epoch:04d}")
                 accelerator.wait_for_everyone()
@@ -441,15 +441,17 @@ class Trainer:
     # ------------------------------------------------------------------ end of epoch: validation, curves, grids
 
     def log_epoch(self, epoch: int, validated: dict) -> None:
-        """The epoch's record in metrics.jsonl and the loss curves (main process)."""
+        """The epoch's record in metrics.jsonl (and the trackers)."""
         self.metrics.log({"step": self.global_step, "epoch": epoch, **validated,
                           "elapsed_seconds": time.perf_counter() - self.run_start})
-        if self.accelerator.is_main_process:
-            from smallgen.plots import plot_loss_curves
 
-            with self.writing("the loss curves"):
-                plot_loss_curves(self.metrics.read(), os.path.join(self.args.output_dir, "loss_curves.png"),
-                                 title=f"{self.objective.name} training and validation losses")
+    def draw_loss_curves(self) -> None:
+        """loss_curves.png from every record so far (main process)."""
+        from smallgen.plots import plot_loss_curves
+
+        with self.writing("the loss curves"):
+            plot_loss_curves(self.metrics.read(), os.path.join(self.args.output_dir, "loss_curves.png"),
+                             title=f"{self.objective.name} training and validation losses")
 
     @torch.no_grad()
     def validate(self, check: bool = False) -> dict[str, float]:

@@ -19,6 +19,24 @@ from tests.helpers import (
 )
 
 
+def test_the_loss_curves_are_drawn_as_often_as_the_grids(sprites_dir, tiny_unet_config, tmp_path, monkeypatch):
+    """5 epochs, grids every 2: the curves are redrawn after epochs 1, 3 and 4 (the last), not after every epoch
+    (a redraw takes 0.25 s: it was most of a 300-step run on 64 images), and the last drawing has every record."""
+    import smallgen.plots
+
+    drawn, plot = [], smallgen.plots.plot_loss_curves
+
+    def counted(metrics, path, **kwargs):
+        drawn.append(max(r.get("epoch", -1) for r in metrics))
+        return plot(metrics, path, **kwargs)
+
+    monkeypatch.setattr(smallgen.plots, "plot_loss_curves", counted)
+    out = tmp_path / "run"
+    run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=20, save_images_epochs=2,
+                           ddpm_num_inference_steps=None))
+    assert drawn == [1, 3, 4] and (out / "loss_curves.png").is_file()
+
+
 def test_tiny_run_writes_a_loadable_pipeline(sprites_dir, tiny_unet_config, tmp_path):
     out = tmp_path / "run"
     results = run_training(tiny_args(sprites_dir, tiny_unet_config, out, max_train_steps=8, use_ema=True,
