@@ -219,7 +219,9 @@ def test_a_cpu_run_says_what_it_spends_off_the_clock_and_keeps_to_it(sprites_dir
     assert "sample grids of" in line and "validation" in line, line
     rounds = int(line.split(" a round x ")[1].split(";")[0])
     grids = sorted(p.name for p in (out / "samples").iterdir())
-    assert rounds > 1 and len(grids) == rounds and all(name.endswith("_ddim.png") for name in grids), (line, grids)
+    # (how many rounds fit follows the grid's real timing: 1 under two busy loops, 4 idle; the count drawn is
+    # the count announced either way)
+    assert len(grids) == rounds and all(name.endswith("_ddim.png") for name in grids), (line, grids)
     # the wall time is the process's, on the real clock (here pytest's worker: at least this test's time)
     assert results["wall_seconds"] >= time.time() - started - 1 and results["training_seconds"] > 0
 
