@@ -40,6 +40,23 @@ def trained(tmp_path_factory, small_unet_config):
     return out
 
 
+@pytest.fixture(scope="module")
+def untrained():
+    """A ClassConditionalPipeline of random tiny networks, classes red and blue: for what holds of any weights
+    (the guidance formula, a flag reaching the call), without the trained fixture's few hundred steps."""
+    from diffusers import DDPMScheduler
+
+    from pipelines import ClassConditionalPipeline
+    from pipelines.pipeline_conditional import LabelEmbedding
+    from tests.test_pipeline_conventions import tiny_unet
+
+    torch.manual_seed(0)
+    pipe = ClassConditionalPipeline(unet=tiny_unet(8, "classes"), scheduler=DDPMScheduler(num_train_timesteps=100),
+                                    label_embedding=LabelEmbedding(["red", "blue"], 64).eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _mean_colour(images: np.ndarray) -> tuple[float, float]:
     """(mean red, mean blue) of (N, H, W, 3) images in [0, 1]."""
     return float(images[..., 0].mean()), float(images[..., 2].mean())
@@ -64,12 +81,10 @@ def test_conditioning_makes_the_asked_for_colour(trained):
     assert splits[3.0] > splits[1.0], splits  # guidance sharpens the split
 
 
-def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(trained):
-    from pipelines import ClassConditionalPipeline
+def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(untrained):
     from pipelines.pipeline_conditional import guided_prediction
 
-    pipe = ClassConditionalPipeline.from_pretrained(trained)
-    unet, embedding = pipe.unet, pipe.label_embedding
+    unet, embedding = untrained.unet, untrained.label_embedding
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor(40)
     with torch.no_grad():
@@ -278,18 +293,16 @@ def test_context_vectors_train_resume_and_export(tmp_path, tiny_unet_config):
     assert sorted(p.name for p in (straight / "samples").iterdir())[-1].endswith("_ddpm.png")
 
 
-def test_the_guidance_sweep_reaches_the_pipeline(trained, tmp_path):
+def test_the_guidance_sweep_reaches_the_pipeline(untrained, tmp_path):
     """evaluate_fid's --guidance_scale values each reach the call: the samples at 4 are the pipeline's own at 4 with
     class-balanced labels and the per-image generators, and differ from those at 0 (#34)."""
-    from pipelines import ClassConditionalPipeline
     from smallgen.evaluation import EvaluationArguments
     from smallgen.objectives.conditional import ClassConditionalObjective
     from smallgen.sample_sources import generate
     from smallgen.sampling import from_pipeline_output
     from smallgen.seeding import image_generators
 
-    pipe = ClassConditionalPipeline.from_pretrained(trained)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = untrained
     args = EvaluationArguments(samples_dir=str(tmp_path), train_data_dir=str(tmp_path), num_samples=4, batch_size=4,
                                scheduler="ddpm", seed=2, guidance_scale=[0.0, 4.0])
     settings = ClassConditionalObjective.evaluation_settings(pipe, args)
