@@ -88,23 +88,31 @@ def train(recipe: str, minutes: float, protocol: Protocol, args, run_dir: Path) 
     return json.loads((run_dir / "results.json").read_text())
 
 
+def data_floor_indices(size: int, num_reference: int | None, count: int, seed: int):
+    """(``count`` sorted train indices for the data row, whether they are apart from the reference): ones the
+    reference subset lacks where enough are left, else any."""
+    import numpy as np
+
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import reference_indices
+
+    reference = reference_indices(size, num_reference, EvaluationArguments.reference_seed)
+    others = np.setdiff1d(np.arange(size), reference)
+    apart = len(others) >= count
+    pool = others if apart else np.arange(size)
+    return np.sort(np.random.RandomState(seed).choice(pool, count, replace=False)), apart
+
+
 def score_data_floor(protocol: Protocol, args, output_dir: Path) -> dict:
     """FID of ``num_samples`` training images against the protocol's reference: images the reference
     does not hold when it is a subset (CPU), a random share of it when it is the whole split (GPU)."""
-    import numpy as np
-
     from smallgen.data import DataArguments, decode_to_uint8, load_split
-    from smallgen.evaluation import EvaluationArguments
-    from smallgen.reference import reference_indices
     from smallgen.sample_sources import save_pngs
 
     count = args.num_samples or protocol.num_samples
     data_args = DataArguments(dataset_name=args.dataset_name, resolution=protocol.resolution)
     dataset, column, _ = load_split(data_args, "train")
-    reference = reference_indices(len(dataset), protocol.num_reference, EvaluationArguments.reference_seed)
-    others = np.setdiff1d(np.arange(len(dataset)), reference)
-    pool = others if len(others) >= count else np.arange(len(dataset))
-    chosen = np.sort(np.random.RandomState(args.seed).choice(pool, count, replace=False))
+    chosen, apart = data_floor_indices(len(dataset), protocol.num_reference, count, args.seed)
     run_dir = output_dir / f"{DATA_FLOOR}-0min"
     save_pngs(decode_to_uint8(dataset.select(chosen), column, data_args, desc="decoding the data row"),
               str(run_dir / "fid_samples"))
@@ -115,7 +123,7 @@ def score_data_floor(protocol: Protocol, args, output_dir: Path) -> dict:
                *protocol.eval_flags]
     _run(command, run_dir / "fid.log")
     scored = json.loads((run_dir / "fid.json").read_text())["results"][0]
-    label = "train images" + ("" if pool is others else ", from the reference")
+    label = "train images" + ("" if apart else ", from the reference")
     trained = {"global_step": 0, "images_seen": 0, "images_per_second": None, "clock_seconds": 0}
     return make_row(DATA_FLOOR, 0, trained, scored, Scoring(), "fid") | {"sampler": label}
 

@@ -45,6 +45,40 @@ def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
     return ["--protocol", "tiny", "--dataset_name", str(SAMPLE_CIFAR10), "--output_dir", str(tmp_path / "out")]
 
 
+def test_the_data_row_scores_train_images_the_reference_lacks():
+    """A subset reference (CPU protocol): the data row's images are other train images; a whole-split reference
+    (GPU protocol): a random share of it, said so. (The slow test below runs the row end to end.)"""
+    from smallgen.evaluation import EvaluationArguments
+    from smallgen.reference import reference_indices
+
+    reference = set(reference_indices(100, 30, EvaluationArguments.reference_seed).tolist())
+    chosen, apart = time_to_fid.data_floor_indices(100, 30, 20, seed=1)
+    assert apart and len(set(chosen.tolist())) == 20 and not reference & set(chosen.tolist())
+    assert list(chosen) == sorted(chosen) and 0 <= chosen.min() and chosen.max() < 100
+    again, _ = time_to_fid.data_floor_indices(100, 30, 20, seed=2)
+    assert list(again) != list(chosen)  # the seed draws them
+    whole, apart = time_to_fid.data_floor_indices(100, None, 20, seed=1)
+    assert not apart and len(set(whole.tolist())) == 20
+
+
+def test_each_run_is_scored_with_each_of_its_samplers(tmp_path, monkeypatch):
+    """A diffusion recipe with its own samplers: one scoring each; without: the protocol's; a GAN: both
+    BatchNorm modes; anything else once."""
+    protocol = time_to_fid.PROTOCOLS["cpu"]
+    monkeypatch.setitem(time_to_fid.RECIPES, "two-samplers", ("configs/quickstart.yaml", [],
+                                                                ["edm-dpmsolver", "edm-heun"]))
+    for name, pipeline in (("diffusion", "EDMPipeline"), ("gan", "GANPipeline"), ("vae", "VAEPipeline")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": ["pipeline_x", pipeline]}))
+    samplers = [s.sampler for s in time_to_fid.scorings("two-samplers", protocol, tmp_path / "diffusion")]
+    assert samplers == ["edm-dpmsolver", "edm-heun"]
+    assert [s.sampler for s in time_to_fid.scorings("quickstart-ddpm", protocol, tmp_path / "diffusion")] == [
+        protocol.sampler]
+    assert [s.batchnorm for s in time_to_fid.scorings("dcgan", protocol, tmp_path / "gan")] == list(
+        time_to_fid.GAN_BATCHNORM_MODES)
+    assert time_to_fid.scorings("vae", protocol, tmp_path / "vae") == [time_to_fid.Scoring()]
+
+
 @pytest.mark.slow  # three recipes trained and six scorings: about 3 minutes
 def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_path, capsys):
     time_to_fid.main(tiny_protocol)
