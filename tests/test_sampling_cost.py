@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import sampling_cost  # noqa: E402
 import time_to_fid  # noqa: E402
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -51,6 +50,7 @@ def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
     return ["--dataset_name", str(SAMPLE_CIFAR10), "--output_dir", str(tmp_path / "out"), "--timing_images", "6"]
 
 
+@pytest.mark.slow  # trains, tunes and scores tiny recipes: minutes
 def test_one_command_trains_tunes_scores_times_and_plots(tiny_protocol, tmp_path, capsys):
     sampling_cost.main(tiny_protocol)
     out = tmp_path / "out"
@@ -69,6 +69,7 @@ def test_one_command_trains_tunes_scores_times_and_plots(tiny_protocol, tmp_path
     assert json.loads((out / "sampling_cost.json").read_text())["rows"] == rows
 
 
+@pytest.mark.slow  # trains, tunes and scores tiny recipes: minutes
 def test_the_few_step_table_gives_meanflow_the_minutes_of_teacher_and_tuning(tiny_protocol, tmp_path):
     """--table few_step: MeanFlow and the DCGAN trained as long as the teacher and its tuning together, the
     2-step middle level swept (each row's PNGs drawn through its level), a second tuning with its own flags."""
@@ -89,3 +90,24 @@ def test_the_few_step_table_gives_meanflow_the_minutes_of_teacher_and_tuning(tin
     assert json.loads((out / "quickstart-consistency-2stages-0.02min" / "training_args.json").read_text())["ct_stages"] == 2
     assert json.loads((out / "quickstart-meanflow-0.04min" / "training_args.json").read_text())["model_type"] == "meanflow"
     assert "cm, timesteps [16, 0]" in (out / "sampling_cost.md").read_text()
+
+
+def test_every_consistency_run_is_tuned_from_the_teacher(tmp_path, monkeypatch):
+    """Each quickstart-consistency* run is trained with --init_from the 5-minute teacher's folder; other runs
+    from scratch; a finished run is not trained again. (The slow tests above run it end to end.)"""
+    import argparse
+
+    trained = {}
+    monkeypatch.setattr(time_to_fid, "train", lambda recipe, minutes, protocol, args, folder:
+                        trained.setdefault(recipe, (args.train_flag, folder)))
+    done = sampling_cost.run_dir(tmp_path, "dcgan", 5)
+    done.mkdir()
+    (done / "results.json").write_text("{}")
+    runs = [("quickstart", 5), ("quickstart-consistency", 1), ("quickstart-consistency-2stages", 1),
+            ("quickstart-meanflow", 6), ("dcgan", 5)]
+    sampling_cost.train_all(time_to_fid.PROTOCOLS["cpu"], argparse.Namespace(seed=0), tmp_path, runs)
+    teacher = ["--init_from", str(sampling_cost.run_dir(tmp_path, *sampling_cost.TEACHER))]
+    assert {recipe: flags for recipe, (flags, _) in trained.items()} == {
+        "quickstart": [], "quickstart-consistency": teacher, "quickstart-consistency-2stages": teacher,
+        "quickstart-meanflow": []}
+    assert trained["quickstart-meanflow"][1] == tmp_path / "quickstart-meanflow-6min"

@@ -403,7 +403,7 @@ MUTATIONS = [
     m("few-step-tuning-not-from-teacher", "sampling_cost.py tunes every consistency run of a table from the 5-minute teacher",
       "benchmarks/sampling_cost.py",
       [('if recipe.startswith("quickstart-consistency") else []', 'if recipe == "quickstart-consistency" else []')],
-      ["tests/test_sampling_cost.py::test_the_few_step_table_gives_meanflow_the_minutes_of_teacher_and_tuning"]),
+      ["tests/test_sampling_cost.py::test_every_consistency_run_is_tuned_from_the_teacher"]),
     m("gan-ema-not-exported", "dcgan --use_ema exports the EMA generator", "smallgen/objectives/baselines.py",
       [("        self.ema.copy_to(averaged.parameters())\n", "")],
       ["tests/test_baselines.py::test_dcgan_ema_is_what_the_pipeline_samples"]),
