@@ -15,7 +15,6 @@ import sampling_cost  # noqa: E402
 import time_to_fid  # noqa: E402
 
 
-
 @pytest.fixture
 def tiny_protocol(tmp_path, tiny_unet_config, monkeypatch):
     recipe = TINY_RECIPE.format(unet=tiny_unet_config).replace("grid_num_inference_steps: 2\n", "")
