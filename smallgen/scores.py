@@ -112,9 +112,10 @@ def frechet_distance(samples: torch.Tensor, reference: torch.Tensor) -> float:
         stats = fid_features_to_statistics(samples), fid_features_to_statistics(reference)
         return float(fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"])
     a, b = samples.double(), reference.double()
-    centred_a = (a - a.mean(0)) / (n1 - 1) ** 0.5
-    centred_b = (b - b.mean(0)) / (n2 - 1) ** 0.5
-    diff = a.mean(0) - b.mean(0)
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    centred_a = (a - mean_a) / (n1 - 1) ** 0.5
+    centred_b = (b - mean_b) / (n2 - 1) ** 0.5
+    diff = mean_a - mean_b
     trace_sqrt = torch.linalg.svdvals(centred_a @ centred_b.T).sum()
     return float(diff @ diff + centred_a.square().sum() + centred_b.square().sum() - 2 * trace_sqrt)
 

@@ -679,7 +679,7 @@ MUTATIONS = [
         "    prc = prc_features_to_metric(samples, reference, save_cpu_ram=True, verbose=verbose, prc_neighborhood=4)")],
       ["tests/test_evaluation.py::test_precision_and_recall_use_three_nearest_neighbours"]),
     m("fid-small-sets-biased", "FID's small-set path divides by n - 1, as torch-fidelity's covariance does",
-      "smallgen/scores.py", [("    centred_a = (a - a.mean(0)) / (n1 - 1) ** 0.5", "    centred_a = (a - a.mean(0)) / n1 ** 0.5")],
+      "smallgen/scores.py", [("    centred_a = (a - mean_a) / (n1 - 1) ** 0.5", "    centred_a = (a - mean_a) / n1 ** 0.5")],
       ["tests/test_evaluation.py::test_frechet_distance_is_torch_fidelitys"]),
     m("fid-small-sets-trace-dropped", "FID's small-set path keeps the cross term",
       "smallgen/scores.py", [("    trace_sqrt = torch.linalg.svdvals(centred_a @ centred_b.T).sum()",
