@@ -4,7 +4,7 @@
     python benchmarks/sampling_cost.py --table few_step --output_dir runs/few_step   # 1-2 calls, 10 minutes each
 
 Under the CPU time-to-FID protocol (benchmarks/time_to_fid.py: 16 px, 1,000 samples against 1,000
-train images). The "nfe" table trains the quick start for 5 minutes (the teacher), tunes it into a
+train images; --protocol cpu10k: 10,000 against 10,000). The "nfe" table trains the quick start for 5 minutes (the teacher), tunes it into a
 consistency model for 5 more (configs/quickstart-consistency.yaml, --init_from the teacher), trains
 the quick start for 10 minutes (the same minutes in all) and the DCGAN for 5. The "few_step" table
 gives every generator of one or two calls ten minutes of training in all: MeanFlow from scratch with
@@ -198,6 +198,8 @@ def write(rows: list[dict], info: dict, output_dir: Path) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--protocol", default="cpu", choices=["cpu", "cpu10k"],
+                        help="time_to_fid.py's: 1,000 samples against 1,000 train images, or 10,000 against 10,000.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing_images", type=int, default=500, help="Images timed per row for img/s.")
     parser.add_argument("--skip_timing", action="store_true", help="Score only (time later, on an idle machine).")
@@ -211,13 +213,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    protocol = time_to_fid.PROTOCOLS["cpu"]
+    protocol = time_to_fid.PROTOCOLS[args.protocol]
     output_dir = Path(args.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = output_dir / "sampling_cost.json"
     before = json.loads(previous.read_text()) if previous.exists() else {"rows": []}
     rows = before.pop("rows")
-    info = {**before, "protocol": "cpu", "command": " ".join(["python benchmarks/sampling_cost.py", *(sys.argv[1:] if argv is None else argv)])}
+    info = {**before, "protocol": args.protocol, "command": " ".join(["python benchmarks/sampling_cost.py", *(sys.argv[1:] if argv is None else argv)])}
     runs, table = TABLES[args.table]
     train_all(protocol, args, output_dir, runs)
     for recipe, minutes, sampler, steps, flags in table:

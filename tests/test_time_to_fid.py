@@ -79,6 +79,21 @@ def test_each_run_is_scored_with_each_of_its_samplers(tmp_path, monkeypatch):
     assert time_to_fid.scorings("vae", protocol, tmp_path / "vae") == [time_to_fid.Scoring()]
 
 
+def test_the_10000_sample_protocol_scores_each_run_its_default_way_once(tmp_path):
+    """cpu10k: 10,000 samples against 10,000 train images, the quick start and the DCGAN at 5 and 15 minutes,
+    each run scored once: the recipe's first sampler, the GAN export's own BatchNorm mode (eval)."""
+    protocol = time_to_fid.PROTOCOLS["cpu10k"]
+    assert (protocol.num_samples, protocol.num_reference) == (10000, 10000)
+    assert time_to_fid.planned_runs(protocol, time_to_fid.parse_args(["--protocol", "cpu10k"])) == [
+        (5, "quickstart"), (5, "dcgan"), (15, "quickstart"), (15, "dcgan")]
+    for name, pipeline in (("diffusion", "EDMPipeline"), ("gan", "GANPipeline")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": ["pipeline_x", pipeline]}))
+    assert time_to_fid.scorings("quickstart", protocol, tmp_path / "diffusion") == [
+        time_to_fid.Scoring(sampler="edm-dpmsolver")]
+    assert time_to_fid.scorings("dcgan", protocol, tmp_path / "gan") == [time_to_fid.Scoring(batchnorm="eval")]
+
+
 @pytest.mark.slow  # three recipes trained and six scorings: about 3 minutes
 def test_every_recipe_is_trained_for_the_budget_and_scored(tiny_protocol, tmp_path, capsys):
     time_to_fid.main(tiny_protocol)
