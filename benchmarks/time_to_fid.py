@@ -4,6 +4,7 @@
     python benchmarks/time_to_fid.py --protocol gpu --dataset_name /path/to/cifar10
     python benchmarks/time_to_fid.py --protocol cpu --recipes quickstart diffusers-example --budgets 5
     python benchmarks/time_to_fid.py --protocol cpu10k                   # 10,000 samples: the quick start vs DCGAN
+    python benchmarks/time_to_fid.py --protocol cpu32                    # the seeds' seven families at 32 px
 
 Each (recipe, budget) is one ``accelerate launch train_unconditional.py --config <recipe>
 --max_train_minutes <budget>`` with the protocol's data and resolution, then one ``evaluate_fid.py``
@@ -45,12 +46,18 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
     "dcgan": ("configs/cifar10-dcgan.yaml", []),
     "dcgan-ema": ("configs/cifar10-dcgan.yaml", ["--use_ema", "--ema_max_decay", "0.999"]),
     "vaegan": ("configs/cifar10-vaegan.yaml", []),
+    # the seed's DDPM rows (seed 002: T = 300, linear betas 1e-4..0.02 or the cosine schedule) on a CPU (#43)
+    "cpu32-ddpm-cosine": ("configs/cpu32-ddpm-cosine.yaml", []),
+    "cpu32-ddpm-linear": ("configs/cpu32-ddpm-linear.yaml", []),
 }
+FEW_STEP_CALLS = {"meanflow": [1, 2], "cm": [1, 2]}  # a one- or two-call sampler is scored at each count
 GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
 
 
 DATA_FLOOR = "data"  # the row of real training images (not a recipe: nothing is trained)
 ALL = ["quickstart", "quickstart-flow", "quickstart-ddpm", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
+SEEDS_32PX = ["cpu32-ddpm-cosine", "cpu32-ddpm-linear", "quickstart", "quickstart-meanflow-cifar", "dcgan", "vaegan",
+              "vae"]  # seed 002's families and ours at 32 px, equal minutes
 
 
 @dataclass
@@ -76,6 +83,11 @@ PROTOCOLS = {
     "cpu10k": Protocol(plan={5: ["quickstart", "dcgan"], 15: ["quickstart", "dcgan"]}, resolution=16,
                        num_samples=10000, num_reference=10000, sampler_steps=10, eval_flags=["--batch_size", "250"],
                        default_scoring_only=True),
+    # the seeds' comparison at 32 px (#43): every family 10 minutes, 5,000 samples vs 10,000 train images;
+    # diffusion rows at 10 calls (DPM-Solver++ for DDPM, EDM's for EDM), MeanFlow at 1 and 2.
+    "cpu32": Protocol(plan={10: SEEDS_32PX}, resolution=32, num_samples=5000, num_reference=10000,
+                      sampler="dpmsolver++", sampler_steps=10, eval_flags=["--batch_size", "250"],
+                      default_scoring_only=True),
     # one H100: 32 px, 10,000 samples vs the 50,000 train images; the speed flags for every recipe.
     "gpu": Protocol(plan={6: ALL}, resolution=32, num_samples=10000, num_reference=None,
                     train_flags=["--mixed_precision", "bf16", "--allow_tf32", "--channels_last"],
@@ -148,24 +160,27 @@ class Scoring:
 
     sampler: str | None = None
     batchnorm: str | None = None
+    steps: int | None = None  # a few-step sampler's calls (else the protocol's sampler steps)
 
     @property
     def label(self) -> str:  # the table's "sampler" column
         if self.sampler:
-            return self.sampler
+            return self.sampler + (f", {self.steps} calls" if self.steps else "")
         return "direct" if self.batchnorm is None else f"direct, BN {self.batchnorm}"
 
     def name(self, first: bool) -> str:  # the run folder's files: fid.json for the default scoring
         if first:
             return "fid"
-        return f"fid-batchnorm-{self.batchnorm}" if self.batchnorm else f"fid-{self.sampler}"
+        if self.batchnorm:
+            return f"fid-batchnorm-{self.batchnorm}"
+        return f"fid-{self.sampler}" + (f"-{self.steps}" if self.steps else "")
 
 
 def evaluate(protocol: Protocol, args, run_dir: Path, scoring: Scoring, name: str) -> dict:
     command = [sys.executable, "evaluate_fid.py", "--pipeline", str(run_dir), "--dataset_name", args.dataset_name,
                "--split", "train", "--resolution", str(protocol.resolution), "--num_samples",
                str(args.num_samples or protocol.num_samples), "--num_inference_steps",
-               str(args.sampler_steps or protocol.sampler_steps),
+               str(scoring.steps or args.sampler_steps or protocol.sampler_steps),
                "--seed", str(args.seed), "--save_samples", str(run_dir / f"{name}_samples"),
                "--output_json", str(run_dir / f"{name}.json"),
                *(["--num_reference", str(protocol.num_reference)] if protocol.num_reference else []),
@@ -176,8 +191,9 @@ def evaluate(protocol: Protocol, args, run_dir: Path, scoring: Scoring, name: st
 
 
 def scorings(recipe: str, protocol: Protocol, run_dir: Path) -> list[Scoring]:
-    """A GAN in both BatchNorm modes; a diffusion model with each of its samplers; anything else once. Only the
-    first of them where the protocol says so (the export's own BatchNorm mode, the recipe's first sampler)."""
+    """A GAN in both BatchNorm modes; a diffusion model with each of its samplers, a few-step one at each of its
+    call counts; anything else once. Only the first mode or sampler where the protocol says so (the export's own
+    BatchNorm mode, the recipe's first sampler)."""
     pipeline_class = json.loads((run_dir / "model_index.json").read_text())["_class_name"]
     if "GANPipeline" in str(pipeline_class):
         chosen = [Scoring(batchnorm=mode) for mode in GAN_BATCHNORM_MODES]
@@ -186,7 +202,8 @@ def scorings(recipe: str, protocol: Protocol, run_dir: Path) -> list[Scoring]:
     else:
         samplers = RECIPES[recipe][2] if len(RECIPES[recipe]) > 2 else [protocol.sampler]
         chosen = [Scoring(sampler=sampler) for sampler in samplers]
-    return chosen[:1] if protocol.default_scoring_only else chosen
+    chosen = chosen[:1] if protocol.default_scoring_only else chosen
+    return [Scoring(s.sampler, s.batchnorm, calls) for s in chosen for calls in FEW_STEP_CALLS.get(s.sampler, [None])]
 
 
 def _run(command: list[str], log: Path) -> None:
@@ -203,14 +220,14 @@ def make_row(recipe: str, minutes: float, trained: dict, scored: dict, scoring: 
     return {"recipe": recipe, "budget_minutes": minutes, "steps": trained["global_step"],
             "images_seen": trained["images_seen"], "images_per_second": trained["images_per_second"],
             "train_minutes": trained["clock_seconds"] / 60, "sampler": scoring.label, "scoring": name,
-            "nfe": scored["nfe"], "fid": scored["fid"], "kid_mean": scored["kid_mean"],
+            "sampling_images_per_second": scored.get("images_per_second"), "nfe": scored["nfe"], "fid": scored["fid"], "kid_mean": scored["kid_mean"],
             "kid_std": scored["kid_std"], "precision": scored.get("precision"), "recall": scored.get("recall"),
             "num_samples": scored["num_samples"], "reference": scored["reference"]}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| recipe | budget | steps | images seen | img/s | sampler | NFE | FID | KID (x1e3) | precision | recall |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | budget | steps | images seen | img/s | sampler | NFE | FID | KID (x1e3) | precision | recall "
+             "| sampling img/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def number(value, digits):  # rows scored before precision/recall existed, and the data row's img/s
         return "–" if value is None else f"{value:.{digits}f}"
@@ -219,7 +236,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['recipe']} | {r['budget_minutes']:g} min ({r['train_minutes']:.2f}) | {r['steps']} | "
                      f"{r['images_seen']:,} | {number(r['images_per_second'], 0)} | {r['sampler']} | {r['nfe']} | "
                      f"{r['fid']:.1f} | {1e3 * r['kid_mean']:.1f} ± {1e3 * r['kid_std']:.1f} | "
-                     f"{number(r.get('precision'), 3)} | {number(r.get('recall'), 3)} |")
+                     f"{number(r.get('precision'), 3)} | {number(r.get('recall'), 3)} | "
+                     f"{number(r.get('sampling_images_per_second'), 0)} |")
     return "\n".join(lines) + "\n"
 
 

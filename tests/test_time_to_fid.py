@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,38 @@ def test_the_10000_sample_protocol_scores_each_run_its_default_way_once(tmp_path
     assert time_to_fid.scorings("quickstart", protocol, tmp_path / "diffusion") == [
         time_to_fid.Scoring(sampler="edm-dpmsolver")]
     assert time_to_fid.scorings("dcgan", protocol, tmp_path / "gan") == [time_to_fid.Scoring(batchnorm="eval")]
+
+
+def test_the_32px_protocol_trains_the_seeds_families_and_scores_meanflow_at_one_and_two_calls(tmp_path, monkeypatch):
+    """cpu32: the seven families 10 minutes each at 32 px, 5,000 samples against 10,000 train images; the DDPM
+    rows keep the seed's T = 300 and betas; MeanFlow is sampled with 1 and then 2 calls, the others at 10."""
+    from smallgen.config import load_config_file
+
+    protocol = time_to_fid.PROTOCOLS["cpu32"]
+    assert (protocol.resolution, protocol.num_samples, protocol.num_reference) == (32, 5000, 10000)
+    runs = time_to_fid.planned_runs(protocol, time_to_fid.parse_args(["--protocol", "cpu32"]))
+    assert {minutes for minutes, _ in runs} == {10} and len(runs) == 7
+    for name, schedule in (("cpu32-ddpm-cosine", "cosine"), ("cpu32-ddpm-linear", "linear")):
+        recipe = load_config_file(str(ROOT / time_to_fid.RECIPES[name][0]))
+        assert (recipe["ddpm_num_steps"], recipe["ddpm_beta_schedule"]) == (300, schedule)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": ["pipeline_x", "MeanFlowPipeline"]}))
+    meanflow = time_to_fid.scorings("quickstart-meanflow-cifar", protocol, tmp_path)
+    assert [s.steps for s in meanflow] == [1, 2] and {s.sampler for s in meanflow} == {"meanflow"}
+    assert [s.steps for s in time_to_fid.scorings("cpu32-ddpm-linear", protocol, tmp_path)] == [None]
+    commands = []
+
+    def run(command, log):  # evaluate_fid.py's command, and the result it would write
+        commands.append(command)
+        out = Path(command[command.index("--output_json") + 1])
+        out.write_text(json.dumps({"results": [{"nfe": 1}]}))
+
+    monkeypatch.setattr(time_to_fid, "_run", run)
+    args = time_to_fid.parse_args(["--protocol", "cpu32"])
+    for index, scoring in enumerate(meanflow + time_to_fid.scorings("cpu32-ddpm-linear", protocol, tmp_path)):
+        time_to_fid.evaluate(protocol, args, tmp_path, scoring, scoring.name(first=index == 0))
+    steps = [c[c.index("--num_inference_steps") + 1] for c in commands]
+    assert steps == ["1", "2", "10"] and len({c[c.index("--output_json") + 1] for c in commands}) == 3
+    assert all(c[c.index("--num_samples") + 1] == "5000" and c[c.index("--resolution") + 1] == "32" for c in commands)
 
 
 @pytest.mark.slow  # three recipes trained and six scorings: about 3 minutes
