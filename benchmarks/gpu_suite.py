@@ -7,6 +7,8 @@ docs/benchmarks.md, "GPU protocol in one window").
     python benchmarks/gpu_suite.py call 1    # on the device: install; throughput, fp32 and bf16 + compile
     python benchmarks/gpu_suite.py call 2    # ... each call appends its part of the bundle
     python benchmarks/gpu_suite.py call N    # the last: unpack, check; the quick start trained and scored
+    python benchmarks/gpu_suite.py pack --table seeds32   # instead: seed 002's seven families at 32 px (#43),
+                                             # from the last part's call on, then in the plan's extra calls
 
 The bundle (CIFAR-10's train parquet, the FID Inception weights, their sha256) is one tar split into
 parts sized so that each call's carry plus the working tree stays under the 64 MiB a call takes; the
@@ -37,6 +39,7 @@ from smallgen.inception import default_cache_dir, sha256_of  # noqa: E402
 STAGE_HERE = Path(os.environ.get("SUITE_STAGE", ROOT / ".stage"))
 CALL_LIMIT = 64 * 2**20  # bytes one device call carries: the working tree and its carry together
 MARGIN = 2 * 2**20  # for files that change between packing and the calls
+SEEDS_EXTRA_CALLS = 2  # calls after the last part that carry nothing and go on with the seeds32 table
 WHEELS = ["diffusers", "datasets", "torch-fidelity", "dill", "multiprocess", "xxhash"]  # what the machine lacks
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10" / "plain_text" / "train-00000-of-00001.parquet"
 
@@ -53,6 +56,10 @@ class Sizes:
         "--mixed_precision", "bf16", "--channels_last", "--allow_tf32", "--torch_compile"])
     time_to_fid_flags: list[str] = field(default_factory=lambda: ["--samplers", "edm-dpmsolver"])
     data_row_deadline_minutes: float = 7.5  # the data row only if the call has run less than this
+    seeds_recipes: list[str] | None = None  # the seeds32 table's families (default: time_to_fid's gpu32 plan)
+    seeds_budget_minutes: float | None = None  # each family's minutes (default: the gpu32 plan's)
+    seeds_flags: list[str] = field(default_factory=list)  # more time_to_fid.py flags for the seeds32 table
+    seeds_deadline_minutes: float = 6.5  # a seeds32 call starts no family after this (one: ~2 minutes)
 
 
 def sizes() -> Sizes:
@@ -79,7 +86,7 @@ def working_tree_bytes() -> int:
     return sum((ROOT / name).stat().st_size for name in listed if name and (ROOT / name).is_file())
 
 
-def pack(data: Path, weights: Path, wheels: bool) -> dict:
+def pack(data: Path, weights: Path, wheels: bool, table: str = "quickstart") -> dict:
     """.stage/whl (the missing wheels), .stage/part00.. (the bundle) and .stage/plan.json."""
     for path, what in ((data, "CIFAR-10 train parquet"), (weights, "FID Inception weights (run evaluate_fid.py once)")):
         if not path.is_file():
@@ -99,7 +106,8 @@ def pack(data: Path, weights: Path, wheels: bool) -> dict:
     capacities = [CALL_LIMIT - MARGIN - tree - wheel_bytes, CALL_LIMIT - MARGIN - tree]
     parts = split(bundle, capacities)
     bundle.unlink()
-    plan = {"parts": [p.name for p in parts], "sha256": sums, "tree_bytes": tree, "wheel_bytes": wheel_bytes}
+    plan = {"parts": [p.name for p in parts], "sha256": sums, "tree_bytes": tree, "wheel_bytes": wheel_bytes,
+            "table": table}
     (STAGE_HERE / "plan.json").write_text(json.dumps(plan, indent=2))
     return plan
 
@@ -118,15 +126,20 @@ def split(path: Path, capacities: list[int]) -> list[Path]:
 
 def calls(plan: dict) -> list[dict]:
     """The device calls: command, carry and what each does."""
-    last = len(plan["parts"])
+    last, seeds = len(plan["parts"]), plan.get("table") == "seeds32"
     listed = []
     for number, part in enumerate(plan["parts"], start=1):
         carry = [f".stage/{part}"] + ([".stage/whl", ".stage/plan.json"] if number == 1 else [])
-        does = ["install the wheels; throughput: our loop vs diffusers' step, fp32 and bf16 + compile"] if number == 1 else []
+        does = ["install the wheels"] + ([] if seeds else ["throughput: our loop vs diffusers' step, fp32 and bf16 + compile"])
+        does = does if number == 1 else []
         if number == last:
-            does.append("unpack and check; the quick start trained and sampled, FID; the data row")
+            does.append("unpack and check; " + ("the seeds' families, one by one, while the call has time" if seeds
+                                                else "the quick start trained and sampled, FID; the data row"))
         listed.append({"command": f"python benchmarks/gpu_suite.py call {number}", "carry": carry,
                        "does": "; ".join(does) or "stage its part"})
+    for number in range(last + 1, last + 1 + (SEEDS_EXTRA_CALLS if seeds else 0)):
+        listed.append({"command": f"python benchmarks/gpu_suite.py call {number}", "carry": [],
+                       "does": "the seeds' families left, while the call has time"})
     return listed
 
 
@@ -142,13 +155,20 @@ def call(number: int) -> None:
     elif not (stage / "plan.json").is_file():
         sys.exit("no plan on this machine: it was given back since call 1; start the window again with call 1")
     plan = json.loads((stage / "plan.json").read_text())
-    receive(number, plan, stage)
+    seeds = plan.get("table") == "seeds32"
+    if number <= len(plan["parts"]):
+        receive(number, plan, stage)
+    elif not (seeds and (stage / "cifar10").is_dir()):
+        sys.exit(f"call {number} goes on with the seeds32 table, which this machine has not started: the machine "
+                 "was given back since; start the window again with call 1")
     if number == 1:
         install_wheels()
-        throughput(out)
+        if not seeds:
+            throughput(out)
     if number == len(plan["parts"]):
         unpack(plan, stage)
-        time_to_fid(stage, out, started)
+    if number >= len(plan["parts"]):
+        (seeds_table if seeds else time_to_fid)(stage, out, started)
 
 
 def receive(number: int, plan: dict, stage: Path) -> None:
@@ -216,6 +236,30 @@ def time_to_fid(stage: Path, out: Path, started: float) -> None:
         print("no time left in this call for the data row: run it in a later window", flush=True)
 
 
+def seeds_table(stage: Path, out: Path, started: float) -> None:
+    """Seed 002's families by time_to_fid.py's gpu32 protocol, then the data row, one at a time (at least one a
+    call) until the call's deadline; a rerun skips the rows done, so the next call goes on where this one stopped."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import time_to_fid
+
+    size = sizes()
+    runs = stage / "seeds32"
+    done = json.loads((runs / "time_to_fid.json").read_text())["rows"] if (runs / "time_to_fid.json").exists() else []
+    planned = [(minutes, recipe) for minutes, recipes in time_to_fid.PROTOCOLS["gpu32"].plan.items()
+               for recipe in size.seeds_recipes or recipes] + [(0, time_to_fid.DATA_FLOOR)]  # the floor last
+    left = [(minutes, recipe) for minutes, recipe in planned if not any(r["recipe"] == recipe for r in done)]
+    for index, (minutes, recipe) in enumerate(left):
+        if index and (time.perf_counter() - started) / 60 > size.seeds_deadline_minutes:
+            print(f"{len(left) - index} families left: go on with the next call", flush=True)
+            return
+        run([sys.executable, "benchmarks/time_to_fid.py", "--protocol", "gpu32", "--dataset_name",
+             str(stage / "cifar10"), "--output_dir", str(runs), "--num_samples", str(size.num_samples),
+             "--recipes", recipe, "--budgets", f"{size.seeds_budget_minutes or minutes:g}", *size.seeds_flags],
+            out / f"{recipe}.log")
+        collect(runs, out)
+    print("the seeds32 table is complete", flush=True)
+
+
 def collect(runs: Path, out: Path) -> None:
     for name in ("time_to_fid.json", "time_to_fid.md", "time_to_fid.png"):
         if (runs / name).exists():
@@ -240,12 +284,14 @@ def main(argv=None) -> None:
     packing.add_argument("--data", type=Path, default=DEFAULT_DATA)
     packing.add_argument("--weights", type=Path, default=default_cache_dir() / WEIGHTS_NAME)
     packing.add_argument("--no_wheels", action="store_true", help="carry no wheels (the machine has them)")
+    packing.add_argument("--table", default="quickstart", choices=["quickstart", "seeds32"],
+                         help="quickstart: throughput and the quick start's row; seeds32: seed 002's seven families")
     steps.add_parser("plan", help="the device calls of the window, from .stage/plan.json")
     calling = steps.add_parser("call", help="on the device: call N of the window")
     calling.add_argument("number", type=int)
     args = parser.parse_args(argv)
     if args.step == "pack":
-        plan = pack(args.data, args.weights, wheels=not args.no_wheels)
+        plan = pack(args.data, args.weights, wheels=not args.no_wheels, table=args.table)
         print(f"{len(plan['parts'])} parts; the working tree is {plan['tree_bytes'] / 2**20:.1f} MiB")
     if args.step in ("pack", "plan"):
         plan = json.loads((STAGE_HERE / "plan.json").read_text())

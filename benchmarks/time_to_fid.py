@@ -49,6 +49,8 @@ RECIPES = {  # name: (config file, extra training flags[, samplers]); "diffusers
     # the seed's DDPM rows (seed 002: T = 300, linear betas 1e-4..0.02 or the cosine schedule) on a CPU (#43)
     "cpu32-ddpm-cosine": ("configs/cpu32-ddpm-cosine.yaml", []),
     "cpu32-ddpm-linear": ("configs/cpu32-ddpm-linear.yaml", []),
+    "ddpm-cosine-t300": ("configs/cifar10-ddpm-cosine-t300.yaml", []),  # the same on a GPU: the seed's batch and lr
+    "ddpm-linear-t300": ("configs/cifar10-ddpm-linear-t300.yaml", []),
 }
 FEW_STEP_CALLS = {"meanflow": [1, 2], "cm": [1, 2]}  # a one- or two-call sampler is scored at each count
 GAN_BATCHNORM_MODES = ("eval", "train")  # a GAN pipeline is scored both ways (BatchNorm running vs batch statistics)
@@ -58,6 +60,7 @@ DATA_FLOOR = "data"  # the row of real training images (not a recipe: nothing is
 ALL = ["quickstart", "quickstart-flow", "quickstart-ddpm", "diffusers-example", "vae", "dcgan", "dcgan-ema", "vaegan"]
 SEEDS_32PX = ["cpu32-ddpm-cosine", "cpu32-ddpm-linear", "quickstart", "quickstart-meanflow-cifar", "dcgan", "vaegan",
               "vae"]  # seed 002's families and ours at 32 px, equal minutes
+SEEDS_32PX_GPU = ["ddpm-cosine-t300", "ddpm-linear-t300", *SEEDS_32PX[2:]]
 
 
 @dataclass
@@ -93,6 +96,14 @@ PROTOCOLS = {
                     train_flags=["--mixed_precision", "bf16", "--allow_tf32", "--channels_last"],
                     diffusion_flags=["--model_config_name_or_path", "configs/models/unet-ddpm-cifar10.json"],
                     eval_flags=["--batch_size", "1000", "--mixed_precision", "bf16"]),
+    # the seeds' table in one GPU window (benchmarks/gpu_suite.py pack --table seeds32): a minute each, the
+    # seed's DDPM recipes (batch 128, lr 1e-4), one UNet and batch for every diffusion row; not run yet.
+    "gpu32": Protocol(plan={1: SEEDS_32PX_GPU}, resolution=32, num_samples=10000, num_reference=None,
+                      sampler="dpmsolver++", sampler_steps=10,
+                      train_flags=["--mixed_precision", "bf16", "--allow_tf32", "--channels_last"],
+                      diffusion_flags=["--model_config_name_or_path", "configs/models/unet-small-cifar10.json",
+                                       "--train_batch_size", "128"],
+                      eval_flags=["--batch_size", "1000", "--mixed_precision", "bf16"], default_scoring_only=True),
 }
 
 
@@ -165,7 +176,7 @@ class Scoring:
     @property
     def label(self) -> str:  # the table's "sampler" column
         if self.sampler:
-            return self.sampler + (f", {self.steps} calls" if self.steps else "")
+            return self.sampler + (f", {self.steps} call{'s' * (self.steps > 1)}" if self.steps else "")
         return "direct" if self.batchnorm is None else f"direct, BN {self.batchnorm}"
 
     def name(self, first: bool) -> str:  # the run folder's files: fid.json for the default scoring
@@ -280,9 +291,16 @@ def plot_samples(rows: list[dict], output_dir: Path, count: int = 36) -> None:
 
 
 def planned_runs(protocol: Protocol, args) -> list[tuple[float, str]]:
-    """(minutes, recipe) pairs: the protocol's plan, or --budgets x recipes, kept to --recipes if given."""
-    plan = {minutes: ALL for minutes in args.budgets} if args.budgets else protocol.plan
-    return [(minutes, recipe) for minutes, recipes in plan.items() for recipe in recipes
+    """(minutes, recipe) pairs: the protocol's plan kept to --recipes; with --budgets, each budget for --recipes
+    (default: the protocol's recipes). A recipe the plan lacks needs --budgets."""
+    named = [recipe for recipe in args.recipes or [] if recipe != DATA_FLOOR]
+    if args.budgets:
+        recipes = named if args.recipes else list(dict.fromkeys(r for listed in protocol.plan.values() for r in listed))
+        return [(minutes, recipe) for minutes in args.budgets for recipe in recipes]
+    unplanned = [recipe for recipe in named if not any(recipe in listed for listed in protocol.plan.values())]
+    if unplanned:
+        sys.exit(f"--recipes {' '.join(unplanned)}: not in the {args.protocol} protocol's plan; give --budgets")
+    return [(minutes, recipe) for minutes, recipes in protocol.plan.items() for recipe in recipes
             if not args.recipes or recipe in args.recipes]
 
 

@@ -23,9 +23,9 @@ def tiny_sizes(speed_flags):
                                   "--train_flag=--model_config_name_or_path=configs/models/unet-tiny.json"]}
 
 
-def suite(step, tmp_path, speed_flags, *args, home="home", timeout=900):
+def suite(step, tmp_path, speed_flags, *args, home="home", timeout=900, sizes=None):
     env = {**os.environ, "HOME": str(tmp_path / home), "OUT": str(tmp_path / f"out-{step}-{'-'.join(args)}"),
-           "SUITE_STAGE": str(tmp_path / "stage-here"), "SUITE_SIZES": json.dumps(tiny_sizes(speed_flags)),
+           "SUITE_STAGE": str(tmp_path / "stage-here"), "SUITE_SIZES": json.dumps(sizes or tiny_sizes(speed_flags)),
            "SMALLGEN_CACHE": str(tmp_path / home / "cache"), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "benchmarks/gpu_suite.py", step, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -40,15 +40,15 @@ def tiny_cifar10(tmp_path):
     return path
 
 
-def run_window(tmp_path, inception, speed_flags):
+def run_window(tmp_path, inception, speed_flags, *pack_flags, sizes=None, calls=None):
     """Pack, then every call of the plan in order; returns the plan and each call's output folder."""
     packed = suite("pack", tmp_path, speed_flags, "--data", str(tiny_cifar10(tmp_path)), "--weights",
-                   inception.path, "--no_wheels")
+                   inception.path, "--no_wheels", *pack_flags, sizes=sizes)
     assert packed.returncode == 0, packed.stderr[-3000:]
     plan = json.loads((tmp_path / "stage-here" / "plan.json").read_text())
     outs = []
-    for number in range(1, len(plan["parts"]) + 1):
-        done = suite("call", tmp_path, speed_flags, str(number))
+    for number in range(1, (calls or len(plan["parts"])) + 1):
+        done = suite("call", tmp_path, speed_flags, str(number), sizes=sizes)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         outs.append(tmp_path / f"out-call-{number}")
     return packed, plan, outs
@@ -85,3 +85,30 @@ def test_the_throughput_call_compiles_on_the_cpu(tmp_path, inception):
     _, _, outs = run_window(tmp_path, inception, ["--mixed_precision", "bf16", "--channels_last", "--allow_tf32",
                                                   "--torch_compile"])
     assert json.loads((outs[0] / "throughput-fast.json").read_text())["torch_compile"] is True
+
+
+@pytest.mark.slow  # about 3 minutes: run it (-m slow) before a seeds32 GPU window
+def test_the_seeds_window_goes_on_family_by_family_in_its_extra_calls(tmp_path, inception):
+    """pack --table seeds32: no throughput; from the last part's call on, one family a call here (deadline 0),
+    the extra calls going on where the one before stopped, the data row last; MeanFlow at 1 and 2 calls."""
+    sizes = {**tiny_sizes([]), "num_samples": 12, "seeds_recipes": ["ddpm-linear-t300", "quickstart-meanflow-cifar"],
+             "seeds_budget_minutes": 0.05, "seeds_deadline_minutes": 0,
+             "seeds_flags": ["--sampler_steps", "2", "--train_flag=--train_batch_size=8",
+                             "--train_flag=--eval_batch_size=12",
+                             "--train_flag=--model_config_name_or_path=configs/models/unet-tiny.json"]}
+    packed = suite("pack", tmp_path, [], "--data", str(tiny_cifar10(tmp_path)), "--weights", inception.path,
+                   "--no_wheels", "--table", "seeds32", sizes=sizes)
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    parts = len(json.loads((tmp_path / "stage-here" / "plan.json").read_text())["parts"])
+    assert f"python benchmarks/gpu_suite.py call {parts + 2}" in packed.stdout  # the extra calls are planned
+    _, _, outs = run_window(tmp_path, inception, [], "--table", "seeds32", sizes=sizes, calls=parts + 2)
+    assert not list(outs[0].glob("throughput-*.json"))
+    said = [(out / "time_to_fid.json").is_file() and [r["recipe"] for r in json.loads(
+        (out / "time_to_fid.json").read_text())["rows"]] for out in outs[parts - 1:]]
+    assert said == [["ddpm-linear-t300"], ["ddpm-linear-t300", "quickstart-meanflow-cifar", "quickstart-meanflow-cifar"],
+                    ["ddpm-linear-t300", "quickstart-meanflow-cifar", "quickstart-meanflow-cifar", "data"]]
+    rows = json.loads((outs[-1] / "time_to_fid.json").read_text())["rows"]
+    assert [(r["sampler"], r["nfe"]) for r in rows[:3]] == [("dpmsolver++", 2), ("meanflow, 1 call", 1),
+                                                            ("meanflow, 2 calls", 2)]
+    lost = suite("call", tmp_path, [], str(parts + 1), home="fresh-machine", sizes=sizes)
+    assert lost.returncode != 0 and "start the window again with call 1" in lost.stderr

@@ -104,6 +104,14 @@ def test_the_32px_protocol_trains_the_seeds_families_and_scores_meanflow_at_one_
     assert (protocol.resolution, protocol.num_samples, protocol.num_reference) == (32, 5000, 10000)
     runs = time_to_fid.planned_runs(protocol, time_to_fid.parse_args(["--protocol", "cpu32"]))
     assert {minutes for minutes, _ in runs} == {10} and len(runs) == 7
+    assert time_to_fid.planned_runs(protocol, time_to_fid.parse_args(  # --budgets: the protocol's families
+        ["--protocol", "cpu32", "--budgets", "5"])) == [(5, recipe) for _, recipe in runs]
+    assert time_to_fid.planned_runs(protocol, time_to_fid.parse_args(  # or the named ones, in or out of the plan
+        ["--protocol", "cpu32", "--budgets", "2", "--recipes", "data", "ddpm-linear-t300"])) == [(2, "ddpm-linear-t300")]
+    assert time_to_fid.planned_runs(protocol, time_to_fid.parse_args(  # the data row alone trains nothing
+        ["--protocol", "cpu32", "--budgets", "2", "--recipes", "data"])) == []
+    with pytest.raises(SystemExit, match="ddpm-linear-t300: not in the cpu32 protocol's plan; give --budgets"):
+        time_to_fid.planned_runs(protocol, time_to_fid.parse_args(["--protocol", "cpu32", "--recipes", "ddpm-linear-t300"]))
     for name, schedule in (("cpu32-ddpm-cosine", "cosine"), ("cpu32-ddpm-linear", "linear")):
         recipe = load_config_file(str(ROOT / time_to_fid.RECIPES[name][0]))
         assert (recipe["ddpm_num_steps"], recipe["ddpm_beta_schedule"]) == (300, schedule)
