@@ -96,7 +96,7 @@ PROTOCOLS = {
                     train_flags=["--mixed_precision", "bf16", "--allow_tf32", "--channels_last"],
                     diffusion_flags=["--model_config_name_or_path", "configs/models/unet-ddpm-cifar10.json"],
                     eval_flags=["--batch_size", "1000", "--mixed_precision", "bf16"]),
-    # the seeds' table in one GPU window (benchmarks/gpu_suite.py pack --table seeds32): a minute each, the
+    # the seeds' table on a GPU (benchmarks/gpu_suite.py pack --table seeds32; ~3 families a window): a minute each, the
     # seed's DDPM recipes (batch 128, lr 1e-4), one UNet and batch for every diffusion row; not run yet.
     "gpu32": Protocol(plan={1: SEEDS_32PX_GPU}, resolution=32, num_samples=10000, num_reference=None,
                       sampler="dpmsolver++", sampler_steps=10,
