@@ -110,3 +110,19 @@ def test_every_consistency_run_is_tuned_from_the_teacher(tmp_path, monkeypatch):
         "quickstart": [], "quickstart-consistency": teacher, "quickstart-consistency-2stages": teacher,
         "quickstart-meanflow": []}
     assert trained["quickstart-meanflow"][1] == tmp_path / "quickstart-meanflow-6min"
+
+
+def test_the_protocol_flag_picks_time_to_fids_protocol(tmp_path, monkeypatch):
+    """--protocol cpu10k trains and scores under time_to_fid's 10,000-sample protocol, not the default one."""
+    seen = []
+
+    def stop(protocol, *_):
+        seen.append(protocol)
+        raise RuntimeError("stop after the plan")
+
+    monkeypatch.setattr(sampling_cost, "train_all", stop)
+    for name in ("cpu", "cpu10k"):
+        with pytest.raises(RuntimeError, match="stop after the plan"):
+            sampling_cost.main(["--protocol", name, "--output_dir", str(tmp_path / name)])
+    assert seen == [time_to_fid.PROTOCOLS["cpu"], time_to_fid.PROTOCOLS["cpu10k"]]
+    assert seen[1].num_samples == seen[1].num_reference == 10000
